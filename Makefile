@@ -1,0 +1,36 @@
+# ferlab: `make train` and `make test` each do all set-up on a fresh machine (Python 3.10-3.13 and make).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= sweep,infer,dev
+ARGS ?=
+
+.PHONY: install train test lint tb bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; the package itself is editable.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+train: install  ## the main job: synthetic faces, small ResNet, a few minutes on a laptop CPU
+	$(BIN)/ferlab train $(ARGS)
+
+test: install  ## the whole suite
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+tb: install  ## TensorBoard over every run and sweep
+	$(BIN)/tensorboard --logdir outputs
+
+bench: install  ## every benchmark; tables go to benchmarks/results/
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf outputs .cache .pytest_cache .ruff_cache

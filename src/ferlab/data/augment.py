@@ -1,0 +1,190 @@
+"""Augmentation on whole batches, on the device that trains, with a separate random draw per image.
+
+Every op takes and returns a float batch (B, C, H, W) in [0, 1]. torchvision's v2 transforms applied to a
+batched tensor draw one set of parameters for the whole batch; these draw B sets (one flip, angle, crop
+offset and jitter per image) from torch's RNG on the batch's device, so `seed_everything` makes them repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _uniform(b: int, lo: float, hi: float, like: Tensor) -> Tensor:
+    """(B,) uniform draws in [lo, hi) on the batch's device."""
+    return torch.rand(b, device=like.device, dtype=like.dtype) * (hi - lo) + lo
+
+
+def _chance(b: int, p: float, like: Tensor) -> Tensor:
+    """(B,1,1,1) boolean mask: which images an op with probability p applies to."""
+    return (torch.rand(b, device=like.device) < p).view(b, 1, 1, 1)
+
+
+class BatchAugment(nn.Module):
+    """Ops applied in order; an empty list is the identity (`augment=none`)."""
+
+    def __init__(self, ops: Sequence[nn.Module] = ()) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) float in [0, 1]
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+class RandomHorizontalFlip(nn.Module):
+    """Mirror each image with probability p."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(_chance(len(x), self.p, x), x.flip(-1), x)
+
+
+class RandomAffine(nn.Module):
+    """Rotation (degrees), translation (fraction of size), scale and shear in one grid_sample per batch.
+
+    `fill` is grid_sample's padding mode: zeros (torchvision's default), border or reflection.
+    """
+
+    def __init__(
+        self,
+        degrees: float = 0.0,
+        translate: float = 0.0,
+        scale: Sequence[float] = (1.0, 1.0),
+        p: float = 1.0,
+        fill: str = "zeros",
+    ) -> None:
+        super().__init__()
+        self.degrees, self.translate, self.scale, self.p, self.fill = degrees, translate, tuple(scale), p, fill
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = len(x)
+        angle = _uniform(b, -self.degrees, self.degrees, x) * (math.pi / 180)
+        s = _uniform(b, *self.scale, x)
+        tx, ty = (_uniform(b, -self.translate, self.translate, x) * 2 for _ in range(2))  # grid units span 2
+        cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B,2,3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.fill, align_corners=False)
+        return torch.where(_chance(b, self.p, x), out, x)
+
+
+class RandomPadCrop(nn.Module):
+    """With probability p, zero-pad by `padding` and crop back to the original size at a random offset."""
+
+    def __init__(self, padding: int = 2, p: float = 1.0) -> None:
+        super().__init__()
+        self.padding, self.p = padding, p
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        pad = self.padding
+        xp = F.pad(x, (pad, pad, pad, pad))
+        apply = _chance(b, self.p, x).view(b)
+        off_y = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
+        off_x = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
+        rows = off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
+        cols = off_x[:, None] + torch.arange(w, device=x.device)  # (B, W)
+        idx = torch.arange(b, device=x.device)[:, None, None]
+        return xp.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class RandomResizedCrop(nn.Module):
+    """A random area fraction and aspect ratio per image, resized back to the input size (one grid_sample)."""
+
+    def __init__(self, scale: Sequence[float] = (0.6, 1.0), ratio: Sequence[float] = (0.75, 1.333), p: float = 1.0):
+        super().__init__()
+        self.scale, self.ratio, self.p = tuple(scale), tuple(ratio), p
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = len(x)
+        area = _uniform(b, *self.scale, x)
+        log_r = _uniform(b, math.log(self.ratio[0]), math.log(self.ratio[1]), x)
+        sw = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width / image width
+        sh = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+        cx, cy = (1 - sw) * _uniform(b, -1, 1, x), (1 - sh) * _uniform(b, -1, 1, x)
+        zero = torch.zeros_like(sw)
+        theta = torch.stack([torch.stack([sw, zero, cx], 1), torch.stack([zero, sh, cy], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return torch.where(_chance(b, self.p, x), out, x)
+
+
+class ColorJitter(nn.Module):
+    """Per-image brightness, contrast, saturation and hue, like torchvision's ColorJitter arguments.
+
+    brightness/contrast/saturation b give factors in [1-b, 1+b], or pass a (lo, hi) pair (report 001:
+    (0.5, 1.5)); hue h shifts by up to h turns (RGB only; saturation and hue leave grayscale alone).
+    """
+
+    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue: float = 0.0, p: float = 1.0) -> None:
+        super().__init__()
+        self.brightness, self.contrast = self._range(brightness), self._range(contrast)
+        self.saturation, self.hue, self.p = self._range(saturation), hue, p
+
+    @staticmethod
+    def _range(v) -> tuple[float, float]:
+        return (max(0.0, 1 - v), 1 + v) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        out = x * _uniform(b, *self.brightness, x).view(b, 1, 1, 1)
+        gray = _gray(out)
+        mean = gray.mean((1, 2, 3), keepdim=True)
+        out = mean + (out - mean) * _uniform(b, *self.contrast, x).view(b, 1, 1, 1)
+        if c == 3:
+            gray = _gray(out)
+            out = gray + (out - gray) * _uniform(b, *self.saturation, x).view(b, 1, 1, 1)
+            if self.hue > 0:
+                out = _rotate_hue(out, _uniform(b, -self.hue, self.hue, x) * 2 * math.pi)
+        return torch.where(_chance(b, self.p, x), out.clamp(0, 1), x)
+
+
+def _gray(x: Tensor) -> Tensor:
+    """(B,1,H,W) luma of an RGB batch (ITU-R 601), or the batch itself when it has one channel."""
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _rotate_hue(x: Tensor, angle: Tensor) -> Tensor:
+    """Rotate each image's chroma by its angle (radians) in YIQ space: a per-image 3x3 colour matrix."""
+    rgb2yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    yiq2rgb = torch.linalg.inv(rgb2yiq)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1).view(-1, 3, 3)
+    m = yiq2rgb @ rot @ rgb2yiq  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x)
+
+
+class RandomErasing(nn.Module):
+    """With probability p, fill one random rectangle per image (area fraction `scale`) with `value`."""
+
+    def __init__(self, p: float = 0.5, scale: Sequence[float] = (0.02, 0.2), value: float = 0.0) -> None:
+        super().__init__()
+        self.p, self.scale, self.value = p, tuple(scale), value
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        area = _uniform(b, *self.scale, x)
+        log_r = _uniform(b, math.log(0.3), math.log(3.3), x)
+        eh = (torch.sqrt(area / torch.exp(log_r)) * h).clamp(1, h)
+        ew = (torch.sqrt(area * torch.exp(log_r)) * w).clamp(1, w)
+        y0 = torch.rand(b, device=x.device) * (h - eh)
+        x0 = torch.rand(b, device=x.device) * (w - ew)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        box = (ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1))
+        box = box & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1))
+        mask = box.unsqueeze(1) & _chance(b, self.p, x)
+        return torch.where(mask, torch.full_like(x, self.value), x)

@@ -1,0 +1,35 @@
+"""Class names and label order of every dataset: the only place they are defined.
+
+Configs interpolate `num_classes` and `class_names` from here through the `ferlab.labels` resolver
+(`${ferlab.labels:fer2013}`), so models, metrics and plots never type a class count twice.
+"""
+
+from __future__ import annotations
+
+# FER2013 label ids 0..6 (Kaggle `emotion` column).
+FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# FER+ vote columns in `fer2013new.csv` order; `unknown` and `NF` are not classes.
+FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+FERPLUS_EXTRA_COLUMNS = ("unknown", "NF")
+
+# Report 000's five-class folder dataset.
+FER5 = ("Angry", "Happy", "Neutral", "Sad", "Surprise")
+
+DATASETS: dict[str, tuple[str, ...]] = {
+    "fer2013": FER2013,
+    "ferplus": FERPLUS,
+    "fer5": FER5,
+}
+
+# Training-split class frequencies of FER2013 (28,709 images); the synthetic renderer follows them.
+FER2013_TRAIN_COUNTS = (3995, 436, 4097, 7215, 4830, 3171, 4965)
+
+
+def class_names(dataset: str) -> list[str]:
+    """Class names of a known dataset, in label-id order."""
+    if dataset not in DATASETS:
+        from ferlab.errors import FerlabError
+
+        raise FerlabError(f"unknown label set {dataset!r}; known: {', '.join(DATASETS)}")
+    return list(DATASETS[dataset])

@@ -1,0 +1,101 @@
+"""The one LightningModule: any zoo net, loss, optimizer and scheduler from config; torchmetrics metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {"acc": MulticlassAccuracy(num_classes, average="micro"), "f1_macro": MulticlassF1Score(num_classes, average="macro")},
+        prefix=f"{prefix}/",
+    )
+
+
+class Classifier(pl.LightningModule):
+    """Trains `net` with `loss`; logs train/val/test loss, accuracy and macro-F1 per epoch.
+
+    Args:
+        net: a zoo model (injected; not saved in hyperparameters).
+        optimizer: a partial taking `params` (Hydra `_partial_: true`).
+        scheduler: a callable taking the optimizer and returning Lightning's lr_scheduler dict, or None.
+        loss: a module taking (logits, targets); targets are class ids (B,) or distributions (B, K).
+        num_classes, class_names: from the data config.
+        test_prefixes: metric prefix of each test dataloader, e.g. ["test"] or ["test_public", "test_private"].
+        config: the resolved run config as plain containers, stored so eval/predict can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[[torch.optim.Optimizer], dict] | None = None,
+        loss: nn.Module | None = None,
+        *,
+        num_classes: int,
+        class_names: Sequence[str],
+        test_prefixes: Sequence[str] = ("test",),
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        # plain containers only, so checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss"], logger=False)
+        self.net = net
+        self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = _metrics(num_classes, "val")
+        self.test_prefixes = list(test_prefixes)
+        self.test_metrics = nn.ModuleList([_metrics(num_classes, p) for p in self.test_prefixes])
+        self.test_f1 = nn.ModuleList([MulticlassF1Score(num_classes, average=None) for _ in self.test_prefixes])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    @staticmethod
+    def hard_targets(y: Tensor) -> Tensor:
+        """Class ids for metrics: distributions (B, K) reduce to their most-voted class."""
+        return y.argmax(1) if y.ndim == 2 else y
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, y)
+        self.train_metrics(logits.argmax(1), self.hard_targets(y))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/acc", self.train_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", self.loss_fn(logits, y), prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.val_metrics.update(logits, self.hard_targets(y))
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(x))
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        logits, prefix = self(x), self.test_prefixes[dataloader_idx]
+        y = self.hard_targets(y)
+        self.log(f"{prefix}/loss", nn.functional.cross_entropy(logits, y), sync_dist=True,
+                 add_dataloader_idx=False, batch_size=len(x))
+        self.test_metrics[dataloader_idx].update(logits, y)
+        self.test_f1[dataloader_idx].update(logits, y)
+        self.log_dict(self.test_metrics[dataloader_idx], add_dataloader_idx=False, batch_size=len(x))
+
+    def on_test_epoch_end(self) -> None:
+        for prefix, f1 in zip(self.test_prefixes, self.test_f1, strict=False):
+            for name, value in zip(self.hparams.class_names, f1.compute(), strict=False):
+                self.log(f"{prefix}/f1/{name}", value, add_dataloader_idx=False)
+            f1.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        schedule = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

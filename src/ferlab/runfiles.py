@@ -1,0 +1,67 @@
+"""Files a run leaves behind (metrics.json, failed.json) and the summary printed at its end."""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ferlab.data.io import atomic_write_text
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: tensors and numpy scalars to floats, NaN/inf to strings."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write a dict as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(_plain(data), indent=2) + "\n")
+
+
+def write_failed(run_dir: Path, error: BaseException) -> Path:
+    """failed.json: the exception type, message and where it came from."""
+    tb = traceback.extract_tb(error.__traceback__)
+    where = f"{tb[-1].filename}:{tb[-1].lineno}" if tb else None
+    return write_json(run_dir / "failed.json", {"type": type(error).__name__, "message": str(error), "where": where})
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json."""
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    """A short table of the best validation and the test metrics, the run dir and the TensorBoard command."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ferlab run ({metrics.get('epochs', '?')} epochs, {metrics.get('wall_time_s', 0):.0f} s)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    best = metrics.get("best", {})
+    table.add_row(f"best {best.get('monitor', 'val')} (epoch {best.get('epoch')})", _fmt(best.get("score")))
+    for name, value in sorted(metrics.get("best_epoch_metrics", {}).items()):
+        if name.startswith("val/"):
+            table.add_row(name, _fmt(value))
+    for name, value in sorted(metrics.get("test", {}).items()):
+        if "/f1/" not in name:
+            table.add_row(name, _fmt(value))
+    console = Console(stderr=False)
+    console.print(table)
+    console.print(f"run dir: {run_dir}")
+    console.print(f"tensorboard --logdir {run_dir / 'tensorboard'}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)

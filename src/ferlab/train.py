@@ -1,0 +1,115 @@
+"""`ferlab train`: compose the config, build everything with `instantiate`, fit, test, write the run files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ferlab.runner import hydra_task
+
+log = logging.getLogger("ferlab.train")
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule, LightningModule, callbacks, loggers and trainer from a composed config."""
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    from ferlab.lit.callbacks import MetricsHistory
+    from ferlab.lit.classifier import Classifier
+
+    datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
+    model = Classifier(
+        net=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optim),
+        scheduler=instantiate(cfg.sched),
+        loss=instantiate(cfg.loss),
+        num_classes=cfg.data.num_classes,
+        class_names=list(cfg.data.class_names),
+        test_prefixes=list(datamodule.test_splits),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [MetricsHistory()]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and test when `cfg.test`), write metrics.json into the run dir and return its contents."""
+    import pytorch_lightning as pl
+
+    from ferlab.runfiles import print_summary, write_json
+
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    parts = build(cfg)
+    trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    test_metrics = {}
+    if cfg.get("test") and not trainer.interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: v for r in results for k, v in r.items()}
+    metrics = collect_metrics(cfg, trainer, datamodule, test_metrics, time.time() - start)
+    run_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        print_summary(metrics, run_dir)
+    return metrics
+
+
+def collect_metrics(cfg: DictConfig, trainer, datamodule, test: dict, wall_time: float) -> dict[str, Any]:
+    """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths."""
+    from ferlab.lit.callbacks import MetricsHistory
+
+    history = next(c for c in trainer.callbacks if isinstance(c, MetricsHistory)).history
+    ckpt = trainer.checkpoint_callback
+    sign = 1 if cfg.monitor_mode == "max" else -1
+    scored = [r for r in history if cfg.monitor in r]
+    best_row = max(scored, key=lambda r: sign * r[cfg.monitor]) if scored else {}
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    return {
+        "best": {"monitor": cfg.monitor, "mode": cfg.monitor_mode, "score": best_row.get(cfg.monitor),
+                 "epoch": best_row.get("epoch")},
+        "best_epoch_metrics": {k: v for k, v in best_row.items() if k not in ("epoch", "step")},
+        "final": {k: v for k, v in final.items() if k not in test},
+        "test": test,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": wall_time,
+        "dataset": {"name": datamodule.name, "sizes": datamodule.sizes, "meta": datamodule.meta},
+        "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(ckpt)},
+        "history": history,
+    }
+
+
+def _last_path(ckpt) -> str | None:
+    if ckpt is None or not ckpt.dirpath:
+        return None
+    last = Path(ckpt.dirpath) / "last.ckpt"
+    return str(last) if last.exists() else None
+
+
+def _objective(cfg: DictConfig) -> Any:
+    """The Hydra task: train, then hand the optimized metric to a sweeper (Optuna) if one is named."""
+    metrics = run_train(cfg)
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    for group in ("test", "best_epoch_metrics", "final"):
+        if name in metrics.get(group, {}):
+            return metrics[group][name]
+    return None
+
+
+main = hydra_task("train")(_objective)
+
+if __name__ == "__main__":
+    main()

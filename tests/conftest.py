@@ -1,0 +1,69 @@
+"""Shared fixtures: the real config tree composed with Hydra's compose API, shrunk to run in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from ferlab.runner import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny, quick run: 600 synthetic faces, a narrow ResNet, no progress bar.
+FAST = [
+    "data.source.num_images=600",
+    "data.batch_size=64",
+    "model.width=8",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.rich_model_summary=null",
+]
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose conf/<config_name>.yaml with `overrides`, all paths under tmp_path, as Hydra would for a run."""
+    GlobalHydra.instance().clear()
+    run_dir = tmp_path / "run"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name,
+            overrides=[f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}", *overrides],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """make_cfg(*overrides, fast=True): a composed train config writing only under tmp_path."""
+
+    def make(*overrides: str, fast: bool = True, config_name: str = "train") -> DictConfig:
+        return compose_cfg(tmp_path, [*(FAST if fast else []), *overrides], config_name)
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m ferlab ...` in a subprocess, the way a user runs it."""
+    full_env = {**os.environ, "FERLAB_ROOT": str(cwd), **(env or {})}
+    full_env.pop("FERLAB_RUN_ID", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
