@@ -95,6 +95,12 @@ class Classifier(pl.LightningModule):
                 self.log(f"{prefix}/f1/{name}", value, add_dataloader_idx=False)
             f1.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the normalization actually used ("auto" is measured on train), so restore() feeds inputs alike
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "mean"):
+            checkpoint["ferlab_normalization"] = {"mean": dm.mean.flatten().tolist(), "std": dm.std.flatten().tolist()}
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         schedule = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
