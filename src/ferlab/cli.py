@@ -8,7 +8,13 @@ import sys
 # task -> (module with a `main` entry point, one-line help). Hydra tasks parse their own arguments.
 TASKS: dict[str, tuple[str, str]] = {
     "train": ("ferlab.train", "train a model (Hydra overrides; -m for a multirun sweep)"),
-    "synth": ("ferlab.synth", "write synthetic faces in FER2013's CSV format"),
+    "synth": ("ferlab.synth", "write synthetic faces in any dataset layout (FER2013/FER+ CSVs, image folders)"),
+    "report": ("ferlab.report", "one results table (markdown|csv|json, --plot) from run and sweep dirs"),
+    "predict": ("ferlab.predict", "classify the faces in photos, folders and videos (ckpt_path=... input=...)"),
+    "demo": ("ferlab.demo", "real-time webcam or video demo: faces, labels and FPS on every frame"),
+    "export": ("ferlab.export", "export a checkpoint to ONNX or TorchScript with a parity check"),
+    "eval": ("ferlab.evaluate", "per-class report and confusion matrix of a checkpoint (ckpt_path=... [split=] [tta=])"),
+    "explain": ("ferlab.explain", "saliency, Grad-CAM, filters, misclassified images, prototypes (ckpt_path=... method=...)"),
 }
 
 USAGE = """usage: ferlab <command> [overrides...]

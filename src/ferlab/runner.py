@@ -33,6 +33,7 @@ def register_resolvers() -> None:
     """`${ferlab.labels:fer2013}`, `${ferlab.num_classes:fer2013}` and `${ferlab.run_id:}` for the configs."""
     OmegaConf.register_new_resolver("ferlab.labels", lambda name: ListConfig(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.num_classes", lambda name: len(labels.class_names(name)), replace=True)
+    OmegaConf.register_new_resolver("ferlab.len", len, replace=True)  # data=folder: num_classes of a user class list
     OmegaConf.register_new_resolver("ferlab.run_id", _run_id, replace=True)
 
 
@@ -54,11 +55,28 @@ def _in_multirun() -> bool:
 
 
 def _rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+    # global rank: RANK (torchrun, Lightning) or SLURM_PROCID (one SLURM task per rank, trainer=ddp_multinode)
+    return all(int(os.environ.get(v, "0")) == 0 for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def _job_dir(cfg: DictConfig) -> Path | None:
+    """Where this job writes: `paths.output_dir` (a resumed run continues in its own dir), else Hydra's."""
+    try:
+        out = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    except Exception:  # an interpolation that cannot resolve outside Hydra
+        out = None
+    return Path(out) if out else output_dir()
 
 
 class JobFailed(RuntimeError):
     """A sweep job's failure, re-raised as an ordinary exception so the sweep records it and goes on."""
+
+
+def _unwrap_user_error(e: BaseException) -> BaseException:
+    """A FerlabError raised inside `instantiate` (e.g. a model's bad argument) arrives wrapped by Hydra."""
+    from hydra.errors import InstantiationException
+
+    return e.__cause__ if isinstance(e, InstantiationException) and isinstance(e.__cause__, FerlabError) else e
 
 
 def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -68,11 +86,12 @@ def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # SystemExit too: one job must not take a sweep down
-        if isinstance(e, SystemExit) and not e.code:
+        e = _unwrap_user_error(e)
+        if isinstance(e, SystemExit) and not e.code and not _in_multirun():  # in a sweep, exit(0) ends a job only
             raise
         from ferlab.runfiles import write_failed
 
-        out = output_dir()
+        out = _job_dir(cfg)
         if out is not None and _rank_zero():
             write_failed(out, e)
         message = f"{type(e).__name__}: {e}" if not isinstance(e, FerlabError) else str(e)
@@ -85,9 +104,37 @@ def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         raise
 
 
+def _reuse_group_listing_repo() -> None:
+    """Make `--help` fast: Hydra 1.3 lists each config group's options through a config repository it rebuilds
+    (deep copies included) per call, over 100 times for ferlab's tree (seconds). Calls without overrides all
+    see the same repository and the same answers, so both are kept; calls with overrides keep Hydra's path."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    original = ConfigLoaderImpl.get_group_options
+    if getattr(original, "ferlab_reuses_repo", False):
+        return
+
+    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
+        if config_name is not None or overrides:
+            return original(self, group_name, results_filter, config_name, overrides)
+        if "_ferlab_repo" not in self.__dict__:
+            self._ferlab_repo = self._parse_overrides_and_create_caching_repo(None, [])[1]
+            self._ferlab_options = {}
+        key = (group_name, results_filter)
+        if key not in self._ferlab_options:  # --help asks for every group three times
+            self._ferlab_options[key] = self._ferlab_repo.get_group_options(group_name, results_filter)
+        return list(self._ferlab_options[key])
+
+    get_group_options.ferlab_reuses_repo = True
+    ConfigLoaderImpl.get_group_options = get_group_options
+
+
 def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Decorator turning `run_x(cfg)` into a Hydra entry point reading `conf/<config_name>.yaml`."""
     import hydra
+
+    _reuse_group_listing_repo()
 
     def decorate(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)

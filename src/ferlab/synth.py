@@ -1,36 +1,99 @@
-"""`ferlab synth`: write a synthetic face dataset in FER2013's own CSV format, anywhere."""
+"""`ferlab synth`: write synthetic faces in any official dataset layout (FER2013 CSV by default), anywhere."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ferlab.errors import FerlabError
 
+# format -> (what `out` is, what gets written)
+FORMATS: dict[str, tuple[str, str]] = {
+    "fer2013": ("a .csv file", "Kaggle's fer2013.csv (emotion,pixels,Usage)"),
+    "icml": ("a .csv file", "icml_face_data.csv (`emotion, Usage, pixels`: headers with leading spaces)"),
+    "train_test": ("a folder", "train.csv (emotion,pixels) + test.csv (pixels only, unlabelled)"),
+    "ferplus": ("a folder", "fer2013.csv + fer2013new.csv (FER+ votes, row-aligned; some non-face rows)"),
+    "ferplus_folders": ("a folder", "FER2013Train/Valid/Test with label.csv vote files and PNGs"),
+    "fer2013_folders": ("a folder", "train/<class>/*.png and test/<class>/*.png, seven lowercase classes"),
+    "fer5": ("a folder", "report 000's train|test/{Angry,Happy,Neutral,Sad,Surprise}/*, RGB, varying size"),
+    "all": ("a folder", "every format above, one sub-folder each"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferlab synth", description=__doc__.split("\n")[0].split(": ", 1)[1])
-    p.add_argument("out", type=Path, help="output file (fer2013 format: a .csv path)")
+    formats = "\n".join(f"  {k:<16} {what} (out: {out})" for k, (out, what) in FORMATS.items())
+    p = argparse.ArgumentParser(prog="ferlab synth", description=__doc__.split(": ", 1)[1],
+                                epilog=f"formats:\n{formats}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="output .csv file (fer2013, icml) or folder (other formats)")
+    p.add_argument("--format", choices=list(FORMATS), default="fer2013", help="dataset layout (default fer2013)")
     p.add_argument("--num-images", type=int, default=10000, help="faces to render (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (default 0.5)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="PublicTest share (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="PrivateTest share (default 0.1)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="PrivateTest share (fer5: test folder share)")
+    p.add_argument("--size", type=int, default=96, help="fer5: largest image side; sides vary down to half (default 96)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file or folder")
     return p
 
 
-def run_synth(args: argparse.Namespace) -> Path:
-    """Render and write; refuses to replace an existing file unless --overwrite."""
-    from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
+def _faces(args: argparse.Namespace, cover: bool = True):
+    from ferlab.data.synthetic import SynthSpec, make_dataset
 
+    spec = SynthSpec(args.num_images, args.seed, args.difficulty, args.val_fraction, args.test_fraction)
+    return make_dataset(spec, cover_classes=cover)
+
+
+def _ferplus(out: Path, args: argparse.Namespace) -> None:
+    from ferlab.data.synthetic import write_fer2013_csv
+    from ferlab.data.writers import ferplus_votes, write_ferplus_csv
+
+    images, labels, usage = _faces(args)
+    votes, names = ferplus_votes(labels, seed=args.seed)
+    write_fer2013_csv(out / "fer2013.csv", images, labels, usage)
+    write_ferplus_csv(out / "fer2013new.csv", votes, usage, names)
+
+
+def _ferplus_folders(out: Path, args: argparse.Namespace) -> None:
+    from ferlab.data.writers import ferplus_votes, write_ferplus_folders
+
+    images, labels, usage = _faces(args)
+    votes, names = ferplus_votes(labels, seed=args.seed)
+    write_ferplus_folders(out, images, votes, usage, names)
+
+
+def _writers() -> dict[str, Callable[[Path, argparse.Namespace], object]]:
+    from ferlab.data import writers as w
+    from ferlab.data.synthetic import write_fer2013_csv
+
+    return {
+        "fer2013": lambda out, a: write_fer2013_csv(out, *_faces(a, cover=False)),
+        "icml": lambda out, a: w.write_icml_csv(out, *_faces(a)),
+        "train_test": lambda out, a: w.write_train_test_csvs(out, *_faces(a)),
+        "ferplus": _ferplus,
+        "ferplus_folders": _ferplus_folders,
+        "fer2013_folders": lambda out, a: w.write_fer2013_folders(out, *_faces(a)),
+        "fer5": lambda out, a: w.write_fer5_folders(out, a.num_images, a.seed, a.size, a.test_fraction),
+    }
+
+
+def run_synth(args: argparse.Namespace) -> Path:
+    """Render and write; refuses to replace an existing file or folder unless --overwrite."""
     if args.out.exists() and not args.overwrite:
         raise FerlabError(f"{args.out} exists; pass --overwrite to replace it")
     if args.num_images < 1 or not 0 <= args.difficulty <= 1:
         raise FerlabError("--num-images must be >= 1 and --difficulty in [0, 1]")
-    spec = SynthSpec(args.num_images, args.seed, args.difficulty, args.val_fraction, args.test_fraction)
-    return write_fer2013_csv(args.out, *make_dataset(spec))
+    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
+        raise FerlabError("--val-fraction and --test-fraction must be in [0, 1) and leave some Training rows")
+    writers = _writers()
+    names = [f for f in FORMATS if f != "all"] if args.format == "all" else [args.format]
+    for name in names:
+        out = args.out / name if args.format == "all" else args.out
+        if args.format == "all" and name in ("fer2013", "icml"):
+            out = out / ("fer2013.csv" if name == "fer2013" else "icml_face_data.csv")
+        writers[name](out, args)
+    return args.out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,4 +103,4 @@ def main(argv: list[str] | None = None) -> None:
     except FerlabError as e:
         print(f"ferlab: error: {e}", file=sys.stderr)
         sys.exit(1)
-    print(f"wrote {args.num_images} faces to {path}")
+    print(f"wrote {args.num_images} faces ({args.format}) to {path}")

@@ -19,6 +19,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import LearningRateMonitor
 
+    from ferlab.lit import resilience
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.lit.classifier import Classifier
 
@@ -34,7 +35,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [MetricsHistory()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks)]  # always on, whatever `callbacks=` says
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -43,24 +45,46 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test when `cfg.test`), write metrics.json into the run dir and return its contents."""
+    from ferlab.validate import validate
+
+    validate(cfg)  # before the heavy imports: a config mistake is reported in a fraction of a second
+    import warnings
+
     import pytorch_lightning as pl
 
+    # Lightning 2.6 on torch 2.14 warns about its own pytree use on every step; nothing users can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+    from ferlab.hparams import log_hparams
+    from ferlab.lit.callbacks import MetricsHistory
+    from ferlab.lit.preemption import stoppable
+    from ferlab.lit.resume import resolve_ckpt_path
     from ferlab.runfiles import print_summary, write_json
 
     start = time.time()
+    ckpt_path = resolve_ckpt_path(cfg)  # may point paths.output_dir at the run being continued
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     parts = build(cfg)
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     test_metrics = {}
     if cfg.get("test") and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        history = next(c for c in trainer.callbacks if isinstance(c, MetricsHistory))
+        fitted = history.history  # testing a checkpoint reloads callback states: the history would end at it
+        results = stoppable(trainer.test)(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
+                                           weights_only=True)
+        history.history = fitted
         test_metrics = {k: v for r in results for k, v in r.items()}
     metrics = collect_metrics(cfg, trainer, datamodule, test_metrics, time.time() - start)
     run_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
+        log_hparams(trainer.loggers, cfg, metrics)  # TensorBoard's HPARAMS view compares a sweep's runs
+        if test_metrics:  # per-class report + confusion matrix of the tested checkpoint, <run>/eval/
+            from ferlab.analysis.report import report_after_training
+
+            report_after_training(trainer, model, datamodule, run_dir)
         print_summary(metrics, run_dir)
     return metrics
 

@@ -86,16 +86,16 @@ class RandomPadCrop(nn.Module):
         self.padding, self.p = padding, p
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        pad = self.padding
-        xp = F.pad(x, (pad, pad, pad, pad))
+        b, c, h, w = x.shape
+        pad, wp = self.padding, w + 2 * self.padding
+        xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros around
         apply = _chance(b, self.p, x).view(b)
         off_y = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
         off_x = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
         rows = off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
         cols = off_x[:, None] + torch.arange(w, device=x.device)  # (B, W)
-        idx = torch.arange(b, device=x.device)[:, None, None]
-        return xp.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        index = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        return xp.flatten(2).gather(2, index).view(b, c, h, w)  # one gather: each image its own window
 
 
 class RandomResizedCrop(nn.Module):
@@ -123,30 +123,32 @@ class ColorJitter(nn.Module):
     """Per-image brightness, contrast, saturation and hue, like torchvision's ColorJitter arguments.
 
     brightness/contrast/saturation b give factors in [1-b, 1+b], or pass a (lo, hi) pair (report 001:
-    (0.5, 1.5)); hue h shifts by up to h turns (RGB only; saturation and hue leave grayscale alone).
+    (0.5, 1.5)); hue h shifts by up to h turns (RGB only; saturation and hue leave grayscale alone). The hue
+    shift is a chroma rotation in YIQ space (one 3x3 matrix per image) rather than torchvision's HSV round trip.
     """
 
-    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue: float = 0.0, p: float = 1.0) -> None:
+    def __init__(self, brightness: float | Sequence[float] = 0.0, contrast: float | Sequence[float] = 0.0,
+                 saturation: float | Sequence[float] = 0.0, hue: float = 0.0, p: float = 1.0) -> None:
         super().__init__()
         self.brightness, self.contrast = self._range(brightness), self._range(contrast)
         self.saturation, self.hue, self.p = self._range(saturation), hue, p
 
     @staticmethod
-    def _range(v) -> tuple[float, float]:
+    def _range(v: float | Sequence[float]) -> tuple[float, float]:
         return (max(0.0, 1 - v), 1 + v) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]
-        out = x * _uniform(b, *self.brightness, x).view(b, 1, 1, 1)
-        gray = _gray(out)
-        mean = gray.mean((1, 2, 3), keepdim=True)
-        out = mean + (out - mean) * _uniform(b, *self.contrast, x).view(b, 1, 1, 1)
+        # each step clamps to [0, 1] like torchvision's adjust_* functions
+        out = (x * _uniform(b, *self.brightness, x).view(b, 1, 1, 1)).clamp(0, 1)
+        mean = _gray(out).mean((1, 2, 3), keepdim=True)  # (B,1,1,1) contrast pivots on the gray mean
+        out = (mean + (out - mean) * _uniform(b, *self.contrast, x).view(b, 1, 1, 1)).clamp(0, 1)
         if c == 3:
             gray = _gray(out)
-            out = gray + (out - gray) * _uniform(b, *self.saturation, x).view(b, 1, 1, 1)
+            out = (gray + (out - gray) * _uniform(b, *self.saturation, x).view(b, 1, 1, 1)).clamp(0, 1)
             if self.hue > 0:
-                out = _rotate_hue(out, _uniform(b, -self.hue, self.hue, x) * 2 * math.pi)
-        return torch.where(_chance(b, self.p, x), out.clamp(0, 1), x)
+                out = _rotate_hue(out, _uniform(b, -self.hue, self.hue, x) * 2 * math.pi).clamp(0, 1)
+        return torch.where(_chance(b, self.p, x), out, x)
 
 
 def _gray(x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,42 +14,45 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from ferlab.data.augment import BatchAugment
 from ferlab.data.cache import load_or_build
-from ferlab.data.sources.base import SPLITS, FERData, Source
+from ferlab.data.clean import Cleaning, clean_train
+from ferlab.data.sources.base import SPLITS, TRAIN_TARGETS, FERData, Source, check_choice
+from ferlab.data.splits import assign_splits, resolve_policy
 from ferlab.errors import FerlabError
 
 log = logging.getLogger(__name__)
+AUTO_NORM_IMAGES = 10_000  # train images measured for mean/std "auto"
 
 
 class BatchTensorDataset(Dataset):
-    """Images uint8 (N,C,H,W) and targets; `__getitems__` slices a whole batch with one index op."""
+    """Images uint8 (N,C,H,W) and targets; `__getitems__` slices a whole batch with one index op.
 
-    def __init__(self, images: Tensor, targets: Tensor) -> None:
-        self.images, self.targets = images, targets
+    `kind` says what a batch's targets are: "index" int64 (B,); "distribution" float (B,K) rows of `soft`;
+    "sample" int64 (B,), a class drawn from each image's `soft` row every time it is drawn.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor, soft: Tensor | None = None, kind: str = "index") -> None:
+        if kind != "index" and soft is None:
+            raise ValueError(f"targets of kind {kind!r} need soft targets")
+        self.images, self.targets, self.soft, self.kind = images, targets, soft, kind
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.images[i], self.targets[i]
+        images, targets = self.__getitems__([i])
+        return images[0], targets[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices)
-        return self.images[idx], self.targets[idx]
+        if self.kind == "index":
+            return self.images[idx], self.targets[idx]
+        rows = self.soft[idx]  # (B, K)
+        return self.images[idx], rows if self.kind == "distribution" else torch.multinomial(rows, 1).squeeze(1)
 
 
 def collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """The dataset already returns a batch; module-level so worker processes can pickle it."""
     return batch
-
-
-def stratified_val(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded, per-class `fraction` of positions (into `targets`) to move to validation."""
-    rng = np.random.default_rng(seed)
-    picks = []
-    for c in np.unique(targets):
-        members = np.flatnonzero(targets == c)
-        picks.append(rng.permutation(members)[: round(len(members) * fraction)])
-    return np.sort(np.concatenate(picks))
 
 
 class FERDataModule(pl.LightningDataModule):
@@ -61,8 +64,11 @@ class FERDataModule(pl.LightningDataModule):
             (channels, size) on the device, so a 48x48 grayscale set can feed an RGB 224x224 model.
         mean, std: per-channel normalization in [0, 1] units, or "auto" to measure them on the train split.
         sampler: "random" or "balanced" (WeightedRandomSampler, weight 1/count of the image's class).
-        val_fraction: carve a stratified, seeded validation split out of train (None: the source's own).
-        test_splits: metric prefix -> split name, e.g. {test: test}.
+        split: official (the source's validation split) | random (stratified, seeded `val_fraction` of train) |
+            None (random exactly when val_fraction is set).
+        val_fraction, test_fraction: shares of train carved (stratified, seeded) into validation / test.
+        test_splits: metric prefix -> split name (or list of names, concatenated); None: the source's own.
+        clean: a `Cleaning` (or its keys): near-blank and duplicate training images.
     """
 
     def __init__(
@@ -80,15 +86,17 @@ class FERDataModule(pl.LightningDataModule):
         sampler: str = "random",
         mean: Sequence[float] | str = (0.5,),
         std: Sequence[float] | str = (0.25,),
+        split: str | None = None,
         val_fraction: float | None = None,
-        test_splits: dict[str, str] | None = None,
+        test_fraction: float | None = None,
+        test_splits: Mapping[str, str | Sequence[str]] | None = None,
+        clean: Cleaning | Mapping | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
         augment: BatchAugment | None = None,
     ) -> None:
         super().__init__()
-        if sampler not in ("random", "balanced"):
-            raise FerlabError(f"data.sampler: expected random or balanced, got {sampler!r}")
+        check_choice("data.sampler", sampler, ("random", "balanced"))
         if len(class_names) != num_classes:
             raise FerlabError(f"data.class_names has {len(class_names)} names but data.num_classes is {num_classes}")
         self.source, self.name = source, name
@@ -97,10 +105,15 @@ class FERDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.sampler, self.seed = num_workers, sampler, seed
         self.mean_cfg, self.std_cfg = mean, std
-        self.val_fraction, self.cache_dir = val_fraction, cache_dir
-        self.test_splits = dict(test_splits or {"test": "test"})
+        self.policy, self.val_fraction = resolve_policy(split, val_fraction)
+        self.test_fraction, self.cache_dir = test_fraction, cache_dir
+        chosen = test_splits if test_splits is not None else getattr(source, "test_splits", {"test": "test"})
+        self.test_splits = {str(k): v if isinstance(v, str) else list(v) for k, v in chosen.items()}
+        self.cleaning = clean if isinstance(clean, Cleaning) else Cleaning(**dict(clean or {}))
         self.augment = augment or BatchAugment()
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.train_soft: Tensor | None = None
+        self.train_kind = "index"
         self.meta: dict = {}
 
     def prepare_data(self) -> None:
@@ -110,34 +123,70 @@ class FERDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        data = load_or_build(self.source, self.cache_dir)
-        self._check(data)
-        self.meta = dict(data.meta)
-        split = data.split.copy()
-        if self.val_fraction:
-            train = data.indices("train")
-            split[train[stratified_val(data.targets[train], self.val_fraction, self.seed)]] = SPLITS.index("val")
-        for i, name in enumerate(SPLITS):
-            idx = np.flatnonzero(split == i)
-            if len(idx):
-                self.splits[name] = (torch.from_numpy(data.images[idx]), torch.from_numpy(data.targets[idx]))
-        for name in ["train", "val", *self.test_splits.values()]:
-            if name not in self.splits:
-                raise FerlabError(f"data {self.name!r}: the {name!r} split is empty (splits found: {list(self.splits)})")
+        data = self._load()
+        split, val_name, notes = assign_splits(
+            data.split, data.targets, name=self.name, policy=self.policy, val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction, val_split=getattr(self.source, "val_split", "val"), seed=self.seed)
+        self.meta = {**data.meta, "splits": notes}
+        self._build(data, split, val_name)
+        self._clean()
         self._set_normalization()
+        self.meta["class_counts"] = {k: torch.bincount(t, minlength=self.num_classes).tolist()
+                                     for k, (_, t) in self.splits.items()}
         log.info("data %s: %s", self.name, self.sizes)
 
-    def _check(self, data: FERData) -> None:
+    def _load(self) -> FERData:
+        """The cached (or freshly decoded) data after the source's cheap post-cache step, checked."""
+        data = load_or_build(self.source, self.cache_dir)
+        finish = getattr(self.source, "finish", None)
+        data = finish(data) if finish is not None else data
         channels = data.images.shape[1]
         if channels not in (1, 3):
             raise FerlabError(f"data {self.name!r}: images have {channels} channels; expected 1 or 3")
         if len(data.targets) and int(data.targets.max()) >= self.num_classes:
             raise FerlabError(f"data {self.name!r}: label {int(data.targets.max())} but num_classes={self.num_classes}")
+        check_choice("train_targets", data.train_targets, TRAIN_TARGETS)
+        if data.train_targets != "index" and (data.soft_targets is None or data.soft_targets.shape[1] != self.num_classes):
+            raise FerlabError(f"data {self.name!r}: {data.train_targets} targets need (N, {self.num_classes}) soft targets")
+        return data
+
+    def _build(self, data: FERData, split: np.ndarray, val_name: str) -> None:
+        """Tensors per split name; `val` may alias the split that validates (e.g. test_public)."""
+        for code, name in enumerate(SPLITS):
+            idx = np.flatnonzero(split == code)
+            if len(idx):
+                self.splits[name] = (torch.from_numpy(data.images[idx]), torch.from_numpy(data.targets[idx]))
+                if name == "train" and data.train_targets != "index":
+                    self.train_soft, self.train_kind = torch.from_numpy(data.soft_targets[idx]), data.train_targets
+        if val_name != "val" and val_name in self.splits:
+            self.splits["val"] = self.splits[val_name]
+        wanted = ["train", "val", *(n for v in self.test_splits.values() for n in ([v] if isinstance(v, str) else v))]
+        for name in wanted:
+            if name not in self.splits:
+                raise FerlabError(
+                    f"data {self.name!r}: the {name!r} split is empty (splits found: {list(self.splits)}); "
+                    "data.split=random carves validation and data.test_fraction a test split out of train")
+        empty = [c for c, n in zip(self.class_names, self.class_counts.tolist(), strict=True) if n == 0]
+        if empty:
+            log.warning("data %s: no training images of class(es) %s", self.name, empty)
+
+    def _clean(self) -> None:
+        """Drop near-blank / duplicate training images as `clean` says; the counts go to the meta."""
+        images, targets = self.splits["train"]
+        others = {"val": self.splits["val"][0]}
+        others.update({p: self._eval_set(p)[0] for p in self.test_splits})
+        keep, report = clean_train(images.numpy(), {k: v.numpy() for k, v in others.items()}, self.cleaning)
+        self.meta["clean"] = report
+        if not keep.all():
+            keep_t = torch.from_numpy(keep)
+            self.splits["train"] = (images[keep_t], targets[keep_t])
+            self.train_soft = None if self.train_soft is None else self.train_soft[keep_t]
+            if not len(self.splits["train"][1]):
+                raise FerlabError(f"data {self.name!r}: cleaning removed every training image ({report})")
 
     def _set_normalization(self) -> None:
         if self.mean_cfg == "auto" or self.std_cfg == "auto":
-            x = self._to_model_space(self.splits["train"][0][:20000].float() / 255)
-            mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
+            mean, std = self._measure()
         else:
             mean, std = torch.tensor(list(self.mean_cfg)), torch.tensor(list(self.std_cfg))
         if len(mean) == 1 and self.in_chans == 3:
@@ -146,21 +195,54 @@ class FERDataModule(pl.LightningDataModule):
             raise FerlabError(f"data.mean/data.std need {self.in_chans} values, got {mean.tolist()} / {std.tolist()}")
         if (std <= 0).any():
             raise FerlabError(f"data.std must be positive, got {std.tolist()}")
-        self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        self.mean, self.std = mean.view(1, -1, 1, 1).float(), std.view(1, -1, 1, 1).float()
+        self.meta["normalization"] = {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
+                                      "measured": self.mean_cfg == "auto" or self.std_cfg == "auto"}
+
+    def _measure(self) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std of (a seeded sample of) the train images in model space, in chunks."""
+        images = self.splits["train"][0]
+        g = torch.Generator().manual_seed(self.seed)
+        pick = torch.randperm(len(images), generator=g)[:AUTO_NORM_IMAGES]
+        total = torch.zeros(self.in_chans, dtype=torch.float64)
+        square, count = torch.zeros_like(total), 0
+        for chunk in pick.split(1024):
+            x = self._to_model_space(images[chunk].float().div_(255))  # (B, C, S, S)
+            total += x.sum((0, 2, 3), dtype=torch.float64)
+            square += x.square().sum((0, 2, 3), dtype=torch.float64)
+            count += x[:, 0].numel()
+        mean = total / count
+        return mean.float(), (square / count - mean * mean).clamp(min=0).sqrt().float()
 
     @property
     def sizes(self) -> dict[str, int]:
-        """Images per split."""
-        return {name: len(t[1]) for name, t in self.splits.items()}
+        """Images per split (and per test prefix when it names more than one split)."""
+        out = {name: len(t[1]) for name, t in self.splits.items()}
+        out.update({p: len(self._eval_set(p)[1]) for p, v in self.test_splits.items() if not isinstance(v, str)})
+        return out
 
     @property
     def class_counts(self) -> Tensor:
         """(K,) training images per class."""
         return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
 
-    def _loader(self, name: str, train: bool) -> DataLoader:
-        images, targets = self.splits[name]
-        dataset = BatchTensorDataset(images, targets)
+    def class_weights(self, power: float = 1.0) -> Tensor:
+        """(K,) inverse-frequency weights N / (K n_c) from the train split, raised to `power`; absent classes get 0."""
+        counts = self.class_counts.double()
+        weights = (counts.sum() / (self.num_classes * counts.clamp(min=1))) ** power
+        return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
+
+    def _eval_set(self, prefix: str) -> tuple[Tensor, Tensor]:
+        """The images and targets a test prefix evaluates (several splits are concatenated)."""
+        names = self.test_splits[prefix]
+        if isinstance(names, str):
+            return self.splits[names]
+        parts = [self.splits[n] for n in names]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _loader(self, images: Tensor, targets: Tensor, train: bool) -> DataLoader:
+        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind) if train else \
+            BatchTensorDataset(images, targets)
         sampler = None
         if train and self.sampler == "balanced":
             weights = 1.0 / self.class_counts.clamp(min=1).double()
@@ -178,16 +260,16 @@ class FERDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._loader(*self.splits["train"], train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._loader(*self.splits["val"], train=False)
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(split, train=False) for split in self.test_splits.values()]
+        return [self._loader(*self._eval_set(p), train=False) for p in self.test_splits]
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader(*self._eval_set(next(iter(self.test_splits))), train=False)
 
     def _to_model_space(self, x: Tensor) -> Tensor:
         """Float (B,C0,H0,W0) in [0, 1] to the model's channels and size."""

@@ -6,6 +6,10 @@ count, a non-integer or a value outside 0-255 raises `PixelError` with the index
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 SPACE, ZERO, NINE = 32, 48, 57
@@ -20,11 +24,23 @@ class PixelError(ValueError):
         self.row, self.reason = row, reason
 
 
-def parse_pixel_strings(pixels: list[str], count: int) -> np.ndarray:
-    """Parse N pixel strings of `count` values each into uint8 (N, count)."""
+def parse_pixel_strings(pixels: list[str], count: int, on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
+    """Parse N pixel strings of `count` values each into uint8 (N, count).
+
+    Chunks run on a few threads (numpy releases the GIL); the first bad row in file order is reported.
+    `on_chunk(rows)` is called as chunks finish (a progress bar).
+    """
     out = np.empty((len(pixels), count), dtype=np.uint8)
-    for start in range(0, len(pixels), CHUNK_ROWS):
+    starts = range(0, len(pixels), CHUNK_ROWS)
+
+    def work(start: int) -> int:
         out[start : start + CHUNK_ROWS] = _parse_chunk(pixels[start : start + CHUNK_ROWS], count, start)
+        return min(CHUNK_ROWS, len(pixels) - start)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for done in pool.map(work, starts):  # in order: an earlier chunk's error is raised first
+            if on_chunk is not None:
+                on_chunk(done)
     return out
 
 

@@ -211,14 +211,22 @@ def render(labels: np.ndarray, *, seed: int = 0, difficulty: float = 0.5, chunk:
     return out
 
 
-def make_dataset(spec: SynthSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images uint8 (N,48,48), labels int64 (N,) and FER2013 Usage strings (N,) for a spec."""
+def make_dataset(spec: SynthSpec, cover_classes: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images uint8 (N,48,48), labels int64 (N,) and FER2013 Usage strings (N,) for a spec.
+
+    cover_classes: the first rows of every Usage block are one of each class, so even a tiny set has every
+    class in every split (folder layouts need a folder per class).
+    """
     rng = np.random.default_rng([spec.seed, 2013])
     labels = sample_labels(spec.num_images, rng)
-    images = render(labels, seed=spec.seed, difficulty=spec.difficulty)
     n_val = round(spec.num_images * spec.val_fraction)
     n_test = round(spec.num_images * spec.test_fraction)
     usage = np.array(["Training"] * (spec.num_images - n_val - n_test) + ["PublicTest"] * n_val + ["PrivateTest"] * n_test)
+    if cover_classes:
+        for start in (0, spec.num_images - n_val - n_test, spec.num_images - n_test):
+            k = min(len(FER2013), spec.num_images - start)
+            labels[start : start + k] = np.arange(k)
+    images = render(labels, seed=spec.seed, difficulty=spec.difficulty)
     return images, labels, usage
 
 

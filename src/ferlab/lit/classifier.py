@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 
@@ -54,9 +54,19 @@ class Classifier(pl.LightningModule):
         self.test_prefixes = list(test_prefixes)
         self.test_metrics = nn.ModuleList([_metrics(num_classes, p) for p in self.test_prefixes])
         self.test_f1 = nn.ModuleList([MulticlassF1Score(num_classes, average=None) for _ in self.test_prefixes])
+        # eval losses as torchmetrics means: exact over uneven DDP shards, where Lightning's sync_dist mean
+        # divides the summed image count by the world size as an integer
+        self.val_loss = MeanMetric()
+        self.test_loss = nn.ModuleList([MeanMetric() for _ in self.test_prefixes])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        # a loss that weighs classes (loss=weighted_ce) learns the train split's counts once the data is loaded
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and dm is not None and hasattr(self.loss_fn, "set_class_counts"):
+            self.loss_fn.set_class_counts(dm.class_counts)
 
     @staticmethod
     def hard_targets(y: Tensor) -> Tensor:
@@ -68,14 +78,15 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         loss = self.loss_fn(logits, y)
         self.train_metrics(logits.argmax(1), self.hard_targets(y))
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
         self.log("train/acc", self.train_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val/loss", self.loss_fn(logits, y), prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.val_loss.update(self.loss_fn(logits, y), weight=len(x))
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=len(x))
         self.val_metrics.update(logits, self.hard_targets(y))
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(x))
 
@@ -83,8 +94,8 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits, prefix = self(x), self.test_prefixes[dataloader_idx]
         y = self.hard_targets(y)
-        self.log(f"{prefix}/loss", nn.functional.cross_entropy(logits, y), sync_dist=True,
-                 add_dataloader_idx=False, batch_size=len(x))
+        self.test_loss[dataloader_idx].update(nn.functional.cross_entropy(logits, y), weight=len(x))
+        self.log(f"{prefix}/loss", self.test_loss[dataloader_idx], add_dataloader_idx=False, batch_size=len(x))
         self.test_metrics[dataloader_idx].update(logits, y)
         self.test_f1[dataloader_idx].update(logits, y)
         self.log_dict(self.test_metrics[dataloader_idx], add_dataloader_idx=False, batch_size=len(x))

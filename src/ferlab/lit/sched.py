@@ -3,9 +3,58 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LinearLR, LRScheduler, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+AnyScheduler = LRScheduler | ReduceLROnPlateau
+
+
+class LinearWarmup(LRScheduler):
+    """Scales the learning rate linearly from `start_factor` x lr to lr over `warmup` steps, then hands over.
+
+    `after` (any torch scheduler, ReduceLROnPlateau included, or None for a constant rate) is stepped only
+    once the warmup is over, so its epochs count from there. `step(metrics)` passes the monitored value on.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, after: AnyScheduler | None, warmup: int, start_factor: float = 0.1
+    ) -> None:
+        if warmup < 1:
+            raise ValueError(f"warmup must be >= 1 steps, got {warmup}")
+        if not 0.0 < start_factor <= 1.0:
+            raise ValueError(f"warmup_start_factor must be in (0, 1], got {start_factor}")
+        self.after, self.warmup, self.start_factor = after, warmup, start_factor
+        super().__init__(optimizer)  # records base_lrs and applies step 0 (lr x start_factor)
+
+    def get_lr(self) -> list[float]:
+        done = min(self.last_epoch, self.warmup) / self.warmup
+        factor = self.start_factor + (1.0 - self.start_factor) * done
+        return [base * factor for base in self.base_lrs]
+
+    def step(self, metrics: float | None = None) -> None:  # type: ignore[override]
+        if self.last_epoch < self.warmup:
+            super().step()
+            return
+        self.last_epoch += 1
+        if isinstance(self.after, ReduceLROnPlateau):
+            self.after.step(metrics)
+        elif self.after is not None:
+            self.after.step()
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "after")}
+        state["after"] = self.after.state_dict() if self.after is not None else None
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        after = state.pop("after", None)
+        self.__dict__.update(state)
+        if self.after is not None and after is not None:
+            self.after.load_state_dict(after)
 
 
 class Schedule:
@@ -13,30 +62,40 @@ class Schedule:
 
     Args:
         scheduler: partial of a torch scheduler, or None for a constant learning rate.
-        interval: "epoch" or "step".
+        interval: "epoch" or "step" (the unit of the scheduler's counters and of the warmup).
         monitor: metric for ReduceLROnPlateau (interpolated from the run's `monitor`).
-        warmup_epochs: linear warmup from `warmup_start_factor` x lr over this many intervals (0: none).
+        warmup_epochs: linear warmup from `warmup_start_factor` x lr over this many intervals (0: none);
+            the scheduler starts counting after it, and a `T_max` (cosine) is shortened by it.
     """
 
     def __init__(
         self,
-        scheduler: Callable[[torch.optim.Optimizer], LRScheduler] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], AnyScheduler] | None = None,
         interval: str = "epoch",
         monitor: str = "val/acc",
         warmup_epochs: int = 0,
         warmup_start_factor: float = 0.1,
     ) -> None:
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"sched.interval must be 'epoch' or 'step', got {interval!r}")
+        if warmup_epochs < 0:
+            raise ValueError(f"sched.warmup_epochs must be >= 0, got {warmup_epochs}")
         self.scheduler, self.interval, self.monitor = scheduler, interval, monitor
         self.warmup_epochs, self.warmup_start_factor = warmup_epochs, warmup_start_factor
 
     def __call__(self, optimizer: torch.optim.Optimizer) -> dict | None:
+        """Lightning's lr_scheduler dict for `optimizer`, or None for a constant learning rate."""
         if self.scheduler is None and self.warmup_epochs == 0:
             return None
         main = self.scheduler(optimizer) if self.scheduler is not None else None
-        if self.warmup_epochs > 0 and not isinstance(main, ReduceLROnPlateau):
-            warm = LinearLR(optimizer, self.warmup_start_factor, 1.0, total_iters=self.warmup_epochs)
-            main = warm if main is None else SequentialLR(optimizer, [warm, main], milestones=[self.warmup_epochs])
-        config = {"scheduler": main, "interval": self.interval, "frequency": 1}
-        if isinstance(main, ReduceLROnPlateau):
+        if self.warmup_epochs > 0:
+            if hasattr(main, "T_max"):  # a cosine set to the run's length anneals over what is left of it
+                main.T_max = max(1, main.T_max - self.warmup_epochs)
+            sched = LinearWarmup(optimizer, main, self.warmup_epochs, self.warmup_start_factor)
+        else:
+            sched = main
+        plateau = isinstance(main, ReduceLROnPlateau)
+        config = {"scheduler": sched, "interval": self.interval, "frequency": 1, "reduce_on_plateau": plateau}
+        if plateau:
             config["monitor"] = self.monitor
         return config

@@ -1,6 +1,11 @@
-"""The model zoo: importing this package registers every family's builders."""
+"""The model zoo: importing this package registers every family's builders.
 
-from ferlab.models import resnet  # noqa: F401
+Every model is a `ferlab.models.base.FERNet`: `forward_features(x) -> (B, num_features)`, `num_features`,
+`head_drop` + `head` (linear), `cam_layer`; built from `conf/model/<name>.yaml` (registry name = YAML name).
+"""
+
+from ferlab.models import cliquenet, deep_emotion, resnet, small, vgg  # noqa: F401
+from ferlab.models.base import FERNet
 from ferlab.models.registry import create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["FERNet", "create_model", "list_models", "register_model"]

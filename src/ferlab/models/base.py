@@ -4,27 +4,63 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ferlab.models.layers import check_rate
+
 
 class FERNet(nn.Module):
     """A backbone with a linear head.
 
-    Subclasses set `num_features` (embedding width), `head` (nn.Linear or Identity), `drop_rate`,
-    and `cam_layer` (the module whose output Grad-CAM explains: the last spatial stage), and implement
+    Subclasses call `init_head(num_features, num_classes, drop_rate)`, which sets `num_features` (embedding
+    width), `head_drop` (dropout before the head) and `head` (nn.Linear); they call `set_cam_layer(module)`
+    (the module whose output Grad-CAM explains: the last spatial stage, output (B, C, h, w)) and implement
     `forward_features(x) -> (B, num_features)` pooled embeddings.
     """
 
     num_features: int
-    drop_rate: float = 0.0
     head: nn.Module
-    cam_layer: nn.Module
+    head_drop: nn.Module
+    cam_layer_name: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_pre_hook(_drop_legacy_cam_keys)
+
+    def set_cam_layer(self, module: nn.Module) -> None:
+        """Point `cam_layer` at one of this net's submodules (stored by name, so it is not a second child)."""
+        self.cam_layer_name = next(name for name, m in self.named_modules() if m is module)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The module whose (B, C, h, w) output Grad-CAM explains: the last spatial stage."""
+        return self.get_submodule(self.cam_layer_name)
+
+    def init_head(self, num_features: int, num_classes: int, drop_rate: float) -> None:
+        """Dropout (`drop_rate`) then a linear classifier on the (B, num_features) embedding."""
+        check_rate(drop_rate=drop_rate)
+        self.num_features = num_features
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(num_features, num_classes)
+
+    @property
+    def drop_rate(self) -> float:
+        """Dropout probability on the embedding before the head."""
+        return self.head_drop.p
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
         raise NotImplementedError
 
     def forward_head(self, features: Tensor) -> Tensor:  # (B, num_features) -> (B, num_classes)
-        if self.drop_rate > 0:
-            features = nn.functional.dropout(features, self.drop_rate, self.training)
-        return self.head(features)
+        return self.head(self.head_drop(features))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
         return self.forward_head(self.forward_features(x))
+
+
+def _drop_legacy_cam_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints from before cam_layer was a name hold a second copy of its weights under `cam_layer.`."""
+    for key in [k for k in state_dict if k.startswith(prefix + "cam_layer.")]:
+        del state_dict[key]

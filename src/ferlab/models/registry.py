@@ -1,10 +1,15 @@
-"""Every builder registers itself here; tests parametrize over `list_models()`."""
+"""Every builder registers itself here; tests parametrize over `list_models()`.
+
+Registry name = builder function name = `conf/model/<name>.yaml`, whose `_target_` is the builder.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from torch import nn
+
+from ferlab.errors import FerlabError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -24,10 +29,15 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name."""
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder function registered as `name`."""
     import ferlab.models  # noqa: F401
 
     if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](**kwargs)
+        raise FerlabError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name."""
+    return get_builder(name)(**kwargs)

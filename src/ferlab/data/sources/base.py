@@ -8,8 +8,13 @@ from typing import Protocol
 
 import numpy as np
 
+from ferlab.errors import FerlabError
+
 # Split codes stored in FERData.split; a reader uses the ones its format has.
 SPLITS = ("train", "val", "test", "test_public", "test_private")
+# How the train split's targets reach the loss: class ids, (K,) distributions, or a class drawn per draw
+TRAIN_TARGETS = ("index", "distribution", "sample")
+BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
 @dataclass
@@ -17,6 +22,8 @@ class FERData:
     """A decoded dataset: images uint8 (N,C,H,W), targets int64 (N,), split codes int8 (N,) into SPLITS.
 
     `soft_targets` (N,K) float32 holds label distributions where the format has them (FER+ votes).
+    `train_targets` says what train batches carry: "index" (targets), "distribution" (soft_targets rows)
+    or "sample" (a class drawn from the soft_targets row each time the image is drawn).
     `meta` carries counts worth logging (rows read, rows dropped and why).
     """
 
@@ -25,6 +32,7 @@ class FERData:
     split: np.ndarray
     soft_targets: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    train_targets: str = "index"
 
     def indices(self, name: str) -> np.ndarray:
         """Row indices of one split."""
@@ -32,11 +40,45 @@ class FERData:
 
     def split_sizes(self) -> dict[str, int]:
         """Rows per split present in the data."""
-        return {name: int((self.split == i).sum()) for i, name in enumerate(SPLITS) if (self.split == i).any()}
+        return count_splits(self.split)
+
+
+def count_splits(split: np.ndarray) -> dict[str, int]:
+    """Rows per split code present in `split`, by name."""
+    counts = np.bincount(split, minlength=len(SPLITS))
+    return {name: int(counts[i]) for i, name in enumerate(SPLITS) if counts[i]}
+
+
+def split_codes(names: list[str] | np.ndarray, mapping: dict[str, str]) -> np.ndarray:
+    """Split names (e.g. Usage values) mapped through `mapping` to int8 codes into SPLITS."""
+    lut = {k: SPLITS.index(v) for k, v in mapping.items()}
+    return np.array([lut[n] for n in names], dtype=np.int8)
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else a FerlabError naming the config key."""
+    if value not in choices:
+        raise FerlabError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def require_path(path: Path, what: str, hint: str = "", folder: bool = False) -> Path:
+    """The path if it exists as a file (or folder), or one clear error naming it."""
+    ok = path.is_dir() if folder else path.is_file()
+    if not ok:
+        kind = "folder" if folder else "file"
+        raise FerlabError(f"{what} not found: {path} (no such {kind}{'; ' + hint if hint else ''})")
+    return path
 
 
 class Source(Protocol):
-    """A reader of one file format. `read` parses and decodes everything once."""
+    """A reader of one file format. `read` parses and decodes everything once (its result is cached).
+
+    Optional attributes the datamodule looks for: `finish(data) -> FERData` (cheap, setting-dependent steps
+    applied after the cache: split roles, label modes), `test_splits` (metric prefix -> split name(s)) and
+    `val_split` (the split that is the dataset's official validation set, default "val"). The cache uses
+    `location() -> list[Path]` (what identifies the dataset; default: `files()`).
+    """
 
     def files(self) -> list[Path]:
         """The user files this source reads (their size and mtime key the cache)."""

@@ -1,109 +1,140 @@
-"""FER2013 in Kaggle's CSV layout: `emotion,pixels,Usage`, 48x48 grayscale pixels as space-separated ints."""
+"""FER2013 in Kaggle's CSV layouts: `fer2013.csv` / `icml_face_data.csv` (`emotion,pixels,Usage`) and the
+`train.csv` (`emotion,pixels`) + `test.csv` (`pixels` only) pair. Pixels are 48x48 grayscale ints.
+
+The reader keeps the file's own splits (Training/PublicTest/PrivateTest as train/test_public/test_private);
+`test` decides after the cache what PublicTest and PrivateTest are for, so switching it never re-parses.
+"""
 
 from __future__ import annotations
 
-import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.pixels import PixelError, parse_pixel_strings
-from ferlab.data.sources.base import SPLITS, FERData
+from ferlab.data.progress import progress
+from ferlab.data.sources.base import SPLITS, FERData, check_choice, count_splits, require_path, split_codes
+from ferlab.data.sources.csvfile import Table, parse_choice, parse_ints, parse_pixels, read_table, read_text
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013
 
-PIXELS = 48 * 48
-USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+USAGE = {"Training": "train", "PublicTest": "test_public", "PrivateTest": "test_private"}
 WHERE = "FER2013 is on Kaggle (challenges-in-representation-learning-facial-expression-recognition-challenge)"
 
+# test: what the two official test halves become. private: PublicTest validates, PrivateTest tests (Kaggle's
+# final ranking); both: each is reported (test_public/*, test_private/*), PublicTest also validates;
+# merged: one test set of both halves (7,178 rows, as report 001), validation must be carved from Training.
+TEST_SETS = ("private", "both", "merged")
+_ROLES = {
+    "private": {"test_public": "val", "test_private": "test"},
+    "both": {},
+    "merged": {"test_public": "test", "test_private": "test"},
+}
+_TEST_SPLITS = {
+    "private": {"test": "test"},
+    "both": {"test_public": "test_public", "test_private": "test_private"},
+    "merged": {"test": "test"},
+}
+_VAL_SPLIT = {"private": "val", "both": "test_public", "merged": None}
 
-def require_file(path: Path, what: str) -> Path:
-    """The path as a file, or one clear error naming it and where the data comes from."""
-    if not path.is_file():
-        raise FerlabError(f"{what} not found: {path} ({WHERE}; pass data.source.csv_path=...)")
-    return path
+
+def remap_splits(split: np.ndarray, roles: dict[str, str]) -> np.ndarray:
+    """Split codes renamed through `roles` (code name -> new code name); others stay."""
+    lut = np.arange(len(SPLITS), dtype=np.int8)
+    for old, new in roles.items():
+        lut[SPLITS.index(old)] = SPLITS.index(new)
+    return lut[split]
 
 
-def read_csv_columns(path: Path, required: tuple[str, ...]) -> tuple[dict[str, list[str]], int]:
-    """Read a CSV into named columns; headers are stripped (icml_face_data.csv pads them with spaces).
+class Fer2013Splits:
+    """The `test` choice shared by every source that carries FER2013's Usage column (FER2013, FER+, synthetic)."""
 
-    Returns the columns and the number of data rows. Rows are numbered from 2 in errors (line 1 is the header).
+    test: str
+
+    @property
+    def test_splits(self) -> dict[str, str]:
+        """Metric prefix -> split name, e.g. {"test_public": "test_public", "test_private": "test_private"}."""
+        return dict(_TEST_SPLITS[self.test])
+
+    @property
+    def val_split(self) -> str | None:
+        """The split used for validation under data.split=official (None: there is none)."""
+        return _VAL_SPLIT[self.test]
+
+    def finish(self, data: FERData) -> FERData:
+        """Give PublicTest and PrivateTest their roles."""
+        data.split = remap_splits(data.split, _ROLES[self.test])
+        return data
+
+
+def read_fer2013_table(path: Path) -> Table:
+    """A FER2013 CSV's columns (emotion, pixels and Usage when present), not yet parsed."""
+    table = read_table(path, ("emotion", "pixels"), optional=("Usage",))
+    if not len(table):
+        raise FerlabError(f"{path}: no data rows")
+    return table
+
+
+def decode_fer2013(table: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images uint8 (N,1,48,48), labels int64 (N,) and the file's split codes (N,) of a FER2013 table."""
+    with progress(f"parsing {table.path.name}", len(table)) as advance:
+        images = parse_pixels(table, advance=advance)
+    labels = parse_ints(table, "emotion", "label", 0, len(FER2013) - 1)
+    if "Usage" in table.cols:
+        split = split_codes(parse_choice(table, "Usage", USAGE), {s: s for s in USAGE.values()})
+    else:  # train.csv: every row is a Training row
+        split = np.full(len(table), SPLITS.index("train"), dtype=np.int8)
+    return images, labels, split
+
+
+def check_test_csv(path: Path) -> None:
+    """Kaggle's test.csv has no labels: say so before anything is parsed, instead of failing later."""
+    first = read_text(path).split("\n", 1)[0]
+    header = [h.strip().strip('"') for h in first.rstrip("\r").split(",")]
+    if "emotion" not in header:
+        raise FerlabError(
+            f"{path}: no 'emotion' column (found {header}): Kaggle's test.csv is unlabelled and cannot be a test "
+            "split; drop data.source.test_csv_path and hold a test split out of train.csv with data.test_fraction=0.1"
+        )
+
+
+class Fer2013Csv(Fer2013Splits):
+    """Kaggle's FER2013 CSVs. Classes in FER2013's id order (ferlab.labels.FER2013).
+
+    Args:
+        csv_path: fer2013.csv, icml_face_data.csv (headers with leading spaces) or train.csv (no Usage column:
+            every row is Training).
+        test_csv_path: a second CSV whose rows are the test split; it must have labels (Kaggle's test.csv has none).
+        test: private | both | merged (see TEST_SETS).
     """
-    csv.field_size_limit(sys.maxsize)
-    with open(path, newline="", encoding="utf-8") as f:  # read-only
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise FerlabError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {header}")
-        index = [header.index(c) for c in required]
-        rows = list(reader)
-    cols: dict[str, list[str]] = {c: [] for c in required}
-    for line, row in enumerate(rows, start=2):
-        if len(row) < len(header):
-            raise FerlabError(f"{path}:{line}: expected {len(header)} fields, found {len(row)}")
-        for c, i in zip(required, index, strict=False):
-            cols[c].append(row[i])
-    return cols, len(rows)
 
-
-def parse_pixels(path: Path, pixels: list[str], size: int = 48) -> np.ndarray:
-    """All pixel strings at once into uint8 (N,1,size,size); a bad row is an error naming its line."""
-    try:
-        values = parse_pixel_strings(pixels, size * size)
-    except PixelError as e:
-        raise FerlabError(f"{path}:{e.row + 2}: {e.reason}") from None
-    return values.reshape(len(pixels), 1, size, size)
-
-
-def parse_labels(path: Path, labels: list[str], num_classes: int) -> np.ndarray:
-    """Integer class ids in [0, num_classes); a bad one is an error naming its line."""
-    out = np.empty(len(labels), dtype=np.int64)
-    for i, s in enumerate(labels):
-        try:
-            out[i] = int(s)
-        except ValueError:
-            raise FerlabError(f"{path}:{i + 2}: label {s!r} is not an integer") from None
-    bad = np.flatnonzero((out < 0) | (out >= num_classes))
-    if len(bad):
-        raise FerlabError(f"{path}:{bad[0] + 2}: label {out[bad[0]]} outside 0-{num_classes - 1}")
-    return out
-
-
-def parse_usage(path: Path, usage: list[str]) -> np.ndarray:
-    """Usage strings (Training/PublicTest/PrivateTest) into split codes."""
-    codes = {u: SPLITS.index(s) for u, s in USAGE_TO_SPLIT.items()}
-    out = np.empty(len(usage), dtype=np.int8)
-    for i, u in enumerate(usage):
-        code = codes.get(u.strip())
-        if code is None:
-            raise FerlabError(f"{path}:{i + 2}: unknown Usage {u!r}; expected one of {list(codes)}")
-        out[i] = code
-    return out
-
-
-class Fer2013Csv:
-    """Kaggle's `fer2013.csv` (or `icml_face_data.csv`): Training/PublicTest/PrivateTest -> train/val/test."""
-
-    def __init__(self, csv_path: str) -> None:
+    def __init__(self, csv_path: str, test_csv_path: str | None = None, test: str = "private") -> None:
         self.csv_path = Path(csv_path)
+        self.test_csv_path = Path(test_csv_path) if test_csv_path else None
+        self.test = check_choice("data.source.test", test, TEST_SETS)
 
     def files(self) -> list[Path]:
-        return [require_file(self.csv_path, "FER2013 CSV")]
+        files = [require_path(self.csv_path, "FER2013 CSV", f"{WHERE}; pass data.source.csv_path=...")]
+        if self.test_csv_path is not None:
+            files.append(require_path(self.test_csv_path, "FER2013 test CSV", "data.source.test_csv_path"))
+        return files
 
     def settings(self) -> dict:
         return {"format": "fer2013_csv"}
 
     def prepare(self) -> None:
-        require_file(self.csv_path, "FER2013 CSV")
+        self.files()
+        if self.test_csv_path is not None:
+            check_test_csv(self.test_csv_path)
 
     def read(self) -> FERData:
-        path = require_file(self.csv_path, "FER2013 CSV")
-        cols, n = read_csv_columns(path, ("emotion", "pixels", "Usage"))
-        if n == 0:
-            raise FerlabError(f"{path}: no data rows")
-        images = parse_pixels(path, cols["pixels"])
-        targets = parse_labels(path, cols["emotion"], len(FER2013))
-        split = parse_usage(path, cols["Usage"])
-        return FERData(images=images, targets=targets, split=split, meta={"rows": n})
+        self.prepare()
+        table = read_fer2013_table(self.csv_path)
+        images, labels, split = decode_fer2013(table)
+        layout = "fer2013.csv" if "Usage" in table.cols else "train.csv"
+        if self.test_csv_path is not None:
+            t_images, t_labels, _ = decode_fer2013(read_fer2013_table(self.test_csv_path))
+            t_split = np.full(len(t_labels), SPLITS.index("test_private"), dtype=np.int8)
+            images, labels = np.concatenate([images, t_images]), np.concatenate([labels, t_labels])
+            split, layout = np.concatenate([split, t_split]), f"{layout} + labelled {self.test_csv_path.name}"
+        meta = {"layout": layout, "rows": len(labels), "file_splits": count_splits(split)}
+        return FERData(images=images, targets=labels, split=split, meta=meta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ferlab.data.sources.fer2013 import Fer2013Csv
 from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
@@ -11,7 +12,10 @@ log = logging.getLogger(__name__)
 
 
 class SyntheticFer2013(Fer2013Csv):
-    """`csv_path` is written once (atomically) from the spec; training then parses it like Kaggle's file."""
+    """`csv_path` is written once (atomically) from the spec; training then parses it like Kaggle's file.
+
+    `val_fraction` / `test_fraction` are the PublicTest / PrivateTest shares; `test` as for Fer2013Csv.
+    """
 
     def __init__(
         self,
@@ -21,8 +25,10 @@ class SyntheticFer2013(Fer2013Csv):
         difficulty: float = 0.5,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        test: str = "private",
+        test_csv_path: str | None = None,
     ) -> None:
-        super().__init__(csv_path)
+        super().__init__(csv_path, test_csv_path=test_csv_path, test=test)
         self.spec = SynthSpec(num_images, seed, difficulty, val_fraction, test_fraction)
 
     def prepare(self) -> None:
@@ -30,6 +36,6 @@ class SyntheticFer2013(Fer2013Csv):
             log.info("rendering %d synthetic faces into %s", self.spec.num_images, self.csv_path)
             write_fer2013_csv(self.csv_path, *make_dataset(self.spec))
 
-    def files(self):
+    def files(self) -> list[Path]:
         self.prepare()
         return super().files()

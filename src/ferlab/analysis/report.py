@@ -1,0 +1,124 @@
+"""The evaluation report of `ferlab eval` and of `ferlab train test=true`: report.json, report.md,
+confusion_matrix.png and TensorBoard images, one section per evaluated split (e.g. test_public, test_private).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ferlab.analysis.common import batched, is_validation, split_sets
+from ferlab.analysis.metrics import classification_report, flat_metrics
+from ferlab.analysis.tta import TestTimeAugment
+from ferlab.data.io import atomic_write_text
+from ferlab.runfiles import write_json
+
+log = logging.getLogger("ferlab.eval")
+FILES = ("report.json", "report.md", "confusion_matrix.png")
+
+
+@torch.inference_mode()
+def predict_split(net: nn.Module, datamodule: Any, images: Tensor, device: torch.device,
+                  tta: TestTimeAugment, batch_size: int | None = None) -> Tensor:
+    """(N, K) softmax probabilities of uint8 `images` (N, C, H, W), through the eval transform and `tta`."""
+    return batched(lambda x: tta(net, x), images, datamodule, device, batch_size)
+
+
+def evaluate_sets(net: nn.Module, datamodule: Any, sets: dict[str, tuple[Tensor, Tensor]], device: torch.device,
+                  tta: TestTimeAugment, top_pairs: int = 5, batch_size: int | None = None) -> dict[str, dict]:
+    """One classification report per split (metric prefix -> report), predictions made once per image."""
+    names = list(datamodule.class_names)
+    reports = {}
+    for prefix, (images, targets) in sets.items():
+        probs = predict_split(net, datamodule, images, device, tta, batch_size)
+        report = classification_report(probs.argmax(1), targets, names, top_pairs)
+        report["validation_split"] = is_validation(datamodule, images)
+        reports[prefix] = report
+    return reports
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """report.md: a header, then per split the averages, the per-class table, the confusion matrix, the pairs."""
+    lines = [f"# Evaluation: {report['checkpoint']}", "",
+             f"data `{report['data']}`, split `{report['split']}`, test-time augmentation `{report['tta']['mode']}`"
+             f" ({report['tta']['views']} view(s))", ""]
+    for prefix, split in report["splits"].items():
+        lines += _split_markdown(prefix, split, report["class_names"])
+    return "\n".join(lines) + "\n"
+
+
+def _split_markdown(prefix: str, split: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+    lines = [f"## {prefix} ({split['num_images']} images)", ""]
+    if split["validation_split"]:
+        lines += ["Note: the checkpoint was selected on this split (it is also the validation split), so its "
+                  "scores are optimistic.", ""]
+    lines += [f"accuracy **{split['accuracy']:.4f}** · macro-F1 **{split['macro']['f1']:.4f}** · "
+              f"weighted F1 {split['weighted']['f1']:.4f} · macro precision {split['macro']['precision']:.4f} · "
+              f"macro recall {split['macro']['recall']:.4f}", "",
+              "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    for name, row in split["per_class"].items():
+        cells = [_num(row[m]) for m in ("precision", "recall", "f1")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {row['support']} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted; counts, row-normalized in parentheses):", "",
+              "| true \\ predicted | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
+    for name, counts, rates in zip(class_names, split["confusion_matrix"], split["confusion_matrix_normalized"],
+                                   strict=True):
+        lines.append(f"| {name} | " + " | ".join(f"{c} ({r:.2f})" for c, r in zip(counts, rates, strict=True)) + " |")
+    lines += ["", "Most confused (true -> predicted):", ""]
+    pairs = split["most_confused"]
+    lines += [f"- {p['true']} -> {p['pred']}: {p['count']} ({p['rate']:.1%} of {p['true']})" for p in pairs] or ["- none"]
+    return [*lines, ""]
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def build_report(reports: dict[str, dict], class_names: Sequence[str], *, checkpoint: str, data: str, split: str,
+                 tta: TestTimeAugment) -> dict[str, Any]:
+    """report.json's content: what was evaluated, per split reports, and all numbers as ferlab metric names."""
+    metrics: dict[str, float] = {}
+    for prefix, report in reports.items():
+        metrics.update(flat_metrics(prefix, report))
+    return {"checkpoint": checkpoint, "data": data, "split": split, "tta": tta.describe(),
+            "class_names": list(class_names), "metrics": metrics, "splits": reports}
+
+
+def write_report(report: dict[str, Any], out: Path, writers: Sequence[Any] = ()) -> list[Path]:
+    """report.json, report.md and confusion_matrix.png into `out`; the figure to every TensorBoard `writers` too."""
+    from ferlab.analysis.figures import confusion_figure, figure_array, save_png
+
+    paths = [write_json(out / "report.json", report), atomic_write_text(out / "report.md", markdown(report))]
+    image = figure_array(confusion_figure(report["splits"], report["class_names"]))
+    paths.append(save_png(image, out / "confusion_matrix.png"))
+    for writer in writers:
+        writer.add_image("eval/confusion_matrix", image, global_step=0, dataformats="HWC")
+        writer.flush()
+    return paths
+
+
+def report_after_training(trainer: Any, model: Any, datamodule: Any, run_dir: Path) -> list[Path]:
+    """`ferlab train test=true`: the report of the tested checkpoint on every test split, into `<run>/eval/`.
+
+    Runs on the trainer's device; the confusion matrices go to the run's TensorBoard logger as images.
+    """
+    net, device = model.net, trainer.strategy.root_device
+    home = next(net.parameters()).device
+    was_training = net.training
+    net.eval().to(device)
+    try:
+        reports = evaluate_sets(net, datamodule, split_sets(datamodule, "test"), device, TestTimeAugment("none"))
+    finally:
+        net.train(was_training).to(home)
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    report = build_report(reports, datamodule.class_names, checkpoint=ckpt or "(final weights)",
+                          data=datamodule.name, split="test", tta=TestTimeAugment("none"))
+    writers = [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_image")]
+    paths = write_report(report, run_dir / "eval", writers)
+    log.info("evaluation report: %s", paths[1])
+    return paths

@@ -1,0 +1,97 @@
+"""`ferlab eval`: a checkpoint on a split, as a per-class report and a confusion matrix.
+
+Everything comes from the checkpoint: the network, class names, input size, normalization and the data
+config (unless `data=` or `+data.*` is given). Results go to `<run>/eval/` beside the checkpoint's run
+(a sub-folder named after what differs from the training-time report: `last`, `val`, `data_<name>`,
+`tta_<mode>`), to `out_dir=`, or, for a checkpoint outside a run dir, to this task's run dir.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ferlab.errors import FerlabError
+from ferlab.runner import hydra_task
+
+log = logging.getLogger("ferlab.eval")
+SPLITS = ("test", "val", "train")
+
+
+def require_checkpoint(cfg: DictConfig) -> None:
+    """`ckpt_path` given and a file: checked before the heavy imports, so the mistake is reported at once."""
+    if not cfg.get("ckpt_path"):
+        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
+    if not Path(str(cfg.ckpt_path)).is_file():
+        raise FerlabError(f"checkpoint not found: {cfg.ckpt_path}")
+
+
+def eval_name(cfg: DictConfig, ckpt_path: str, data_name: str | None) -> list[str]:
+    """The parts naming an eval that differs from the training-time one (best checkpoint, test split, no TTA)."""
+    stem = Path(ckpt_path).stem
+    parts = [stem] if stem != "best" else []
+    parts += [cfg.split] if cfg.split != "test" else []
+    parts += [f"data_{data_name}"] if data_name else []
+    mode = cfg.tta.get("mode", "none") if cfg.get("tta") else "none"
+    return parts + ([f"tta_{mode}"] if mode != "none" else [])
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt_path` on `cfg.split`; write report.json, report.md, confusion_matrix.png; return the report."""
+    require_checkpoint(cfg)
+    if cfg.split not in SPLITS:
+        raise FerlabError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    from hydra.utils import instantiate
+
+    from ferlab.analysis.common import load, output_dir, split_sets
+    from ferlab.analysis.report import build_report, evaluate_sets, write_report
+    from ferlab.analysis.tta import TestTimeAugment
+
+    tta = instantiate(cfg.tta) if cfg.get("tta") else TestTimeAugment("none")
+    loaded = load(cfg)
+    dm, net = loaded.datamodule, loaded.restored.net
+    out = output_dir(cfg, "eval", eval_name(cfg, str(cfg.ckpt_path), dm.name if loaded.data_changed else None))
+    reports = evaluate_sets(net, dm, split_sets(dm, cfg.split), loaded.device, tta, int(cfg.top_pairs), cfg.batch_size)
+    report = build_report(reports, dm.class_names, checkpoint=str(cfg.ckpt_path), data=dm.name, split=cfg.split,
+                          tta=tta)
+    writers = [_writer(out)] if cfg.get("tensorboard", True) else []
+    try:
+        paths = write_report(report, out, writers)
+    finally:
+        for writer in writers:
+            writer.close()
+    print_summary(report, paths)
+    return {**report, "output_dir": str(out), "files": [str(p) for p in paths]}
+
+
+def _writer(out: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def print_summary(report: dict[str, Any], paths: list[Path]) -> None:
+    """Accuracy and F1 per split, and where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ferlab eval ({report['data']}, tta {report['tta']['mode']})")
+    for column in ("split", "images", "accuracy", "macro-F1", "weighted F1", "most confused"):
+        table.add_column(column, justify="left" if column in ("split", "most confused") else "right")
+    for prefix, split in report["splits"].items():
+        pair = split["most_confused"][0] if split["most_confused"] else None
+        table.add_row(prefix + (" (also val)" if split["validation_split"] else ""), str(split["num_images"]),
+                      f"{split['accuracy']:.4f}", f"{split['macro']['f1']:.4f}", f"{split['weighted']['f1']:.4f}",
+                      f"{pair['true']} -> {pair['pred']} ({pair['count']})" if pair else "-")
+    console = Console()
+    console.print(table)
+    console.print(f"report: {paths[1]}", soft_wrap=True, highlight=False)
+
+
+main = hydra_task("eval")(run_eval)
+
+if __name__ == "__main__":
+    main()

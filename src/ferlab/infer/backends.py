@@ -1,0 +1,186 @@
+"""Where the network runs (`backend=torch|torchscript|onnx`): normalized float32 (N, C, S, S) in, logits out.
+
+`load_model` returns a backend with the model's `InputSpec` and class names. The PyTorch backend rebuilds
+the network from a checkpoint (`ferlab.lit.restore`); TorchScript and ONNX files written by `ferlab export`
+carry the same facts as metadata, so they run without the checkpoint or ferlab's model code.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferlab.errors import FerlabError
+from ferlab.infer.preprocess import InputSpec
+
+METADATA_KEY = "ferlab"  # ONNX metadata_props key / TorchScript extra file holding `model_metadata()`
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+@dataclass
+class LoadedModel:
+    """A runnable model: `run(x)` maps normalized (N, C, S, S) float32 to (N, K) float32 logits."""
+
+    run: Any
+    spec: InputSpec
+    class_names: list[str]
+    source: Path
+    backend: str
+
+
+def model_metadata(restored: Any) -> dict[str, Any]:
+    """What an exported file needs to be fed and read: input spec, class names, where it came from."""
+    return {
+        "class_names": restored.class_names,
+        "in_chans": restored.in_chans,
+        "image_size": restored.image_size,
+        "mean": restored.mean,
+        "std": restored.std,
+        "model": restored.config.get("model", {}).get("_target_"),
+        "checkpoint": str(restored.path),
+    }
+
+
+def exported_path(ckpt_path: str | Path, fmt: str) -> Path:
+    """Default file `ferlab export` writes for a checkpoint: beside it, e.g. best.ckpt -> best.onnx."""
+    path = Path(ckpt_path)
+    return path.with_name(path.name.removesuffix(".ckpt") + SUFFIXES[fmt])
+
+
+def _spec(meta: dict[str, Any], color: str) -> InputSpec:
+    return InputSpec.build(meta["in_chans"], meta["image_size"], meta["mean"], meta["std"], color)
+
+
+def _parse_meta(text: str | bytes | None, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text) if text else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not {"class_names", "in_chans", "image_size", "mean", "std"} <= meta.keys():
+        raise FerlabError(f"{path} has no ferlab metadata; export it with `ferlab export`")
+    return meta
+
+
+def torch_device(device: str) -> Any:
+    """`auto`: CUDA when available, else CPU; anything else as torch spells it (cpu, cuda:1, mps)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise FerlabError(f"device: {device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+
+
+def load_torch(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
+    """The network rebuilt from a ferlab checkpoint, on `device` (auto: CUDA when available)."""
+    import torch
+
+    from ferlab.lit.restore import restore
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch_device(device)
+    r = restore(path, map_location=dev)
+    spec = InputSpec.build(r.in_chans, r.image_size, r.mean, r.std, color)
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return r.net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+
+    return LoadedModel(run, spec, r.class_names, path, "torch")
+
+
+def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
+    """A TorchScript file from `ferlab export format=torchscript`."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch_device(device)
+    extra = {METADATA_KEY: ""}
+    try:
+        with warnings.catch_warnings():  # torch.jit.load's deprecation note
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location=dev, _extra_files=extra).eval()
+    except Exception as e:  # RuntimeError for foreign or truncated archives
+        raise FerlabError(f"cannot load TorchScript model {path}: {str(e).strip().splitlines()[0]}") from None
+    meta = _parse_meta(extra[METADATA_KEY], path)
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript")
+
+
+def onnx_session(path: Path, threads: int = 0) -> Any:
+    """An onnxruntime session (CUDA first when the installed build has it); threads=0: ORT's default."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise FerlabError(f"cannot load ONNX model {path}: {str(e).strip().splitlines()[0]}") from None
+
+
+def load_onnx(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
+    """An ONNX file from `ferlab export format=onnx`, run by onnxruntime."""
+    session = onnx_session(path, threads)
+    meta = _parse_meta(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx")
+
+
+LOADERS = {"torch": load_torch, "torchscript": load_torchscript, "onnx": load_onnx}
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads for OpenCV (0: its default); the torch loaders and ONNX Runtime sessions take their own.
+
+    One thread gives the steadiest per-frame latency for a few faces, and leaves cores to capture and
+    detection: on a busy machine, multi-threaded tiny batches stall waiting for descheduled threads.
+    """
+    if threads and threads > 0:
+        import cv2
+
+        cv2.setNumThreads(threads)
+
+
+def load_model(
+    ckpt_path: str | None, backend: str = "torch", model_path: str | None = None, color: str = "auto",
+    device: str = "auto", threads: int = 0,
+) -> LoadedModel:
+    """A model for `backend`; exported backends read `model_path`, by default the export beside `ckpt_path`.
+
+    threads: CPU threads for the model and OpenCV (0: library defaults), see `set_threads`.
+    """
+    if threads is None or threads < 0:
+        raise FerlabError(f"threads: expected 0 (library default) or a positive count, got {threads!r}")
+    set_threads(threads)
+    if backend not in LOADERS:
+        raise FerlabError(f"backend: expected one of {', '.join(LOADERS)}, got {backend!r}")
+    if backend == "torch":
+        if not ckpt_path:
+            raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
+        return load_torch(Path(ckpt_path), color, device, threads)
+    if not model_path and not ckpt_path:
+        raise FerlabError(f"backend={backend} needs model_path=<file> or ckpt_path= (to find its export beside it)")
+    path = Path(model_path) if model_path else exported_path(ckpt_path, backend)
+    if not path.is_file():
+        hint = f"; run `ferlab export ckpt_path={ckpt_path} format={backend}` first" if not model_path else ""
+        raise FerlabError(f"{backend} model not found: {path}{hint}")
+    return LOADERS[backend](path, color, device, threads)

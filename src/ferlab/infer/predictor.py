@@ -1,0 +1,85 @@
+"""Detect, crop, classify: one BGR frame in, one `Face` per detected face out (all faces as one batch)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ferlab.infer.backends import LoadedModel
+from ferlab.infer.preprocess import to_model_input
+
+
+@dataclass
+class Face:
+    """One classified face. box: [x, y, w, h] in frame pixels; probs: (K,) softmax over the class names."""
+
+    box: list[int]
+    probs: np.ndarray
+    label: str
+    prob: float
+
+    def as_dict(self, class_names: list[str]) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return {
+            "box": self.box,
+            "label": self.label,
+            "prob": float(self.prob),
+            "probs": {name: float(p) for name, p in zip(class_names, self.probs, strict=True)},
+        }
+
+
+@dataclass
+class Timing:
+    """Seconds spent per stage, summed over the frames seen."""
+
+    detect: float = 0.0
+    classify: float = 0.0
+    frames: int = 0
+    faces: int = 0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) logits, stable for large values."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """A face detector plus a loaded model (any backend); `predictor(frame)` -> list of `Face`."""
+
+    def __init__(self, model: LoadedModel, detector: Any) -> None:
+        self.model, self.detector = model, detector
+        self.class_names = model.class_names
+        self.timing = Timing()
+
+    def classify(self, frame: np.ndarray, boxes: np.ndarray) -> list[Face]:
+        """Classify the given boxes of a BGR frame in one batch."""
+        if len(boxes) == 0:
+            return []
+        x = to_model_input(frame, boxes, self.model.spec, self.detector.margin)  # (N, C, S, S)
+        logits = np.asarray(self.model.run(x), dtype=np.float64)  # (N, K)
+        if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
+            raise RuntimeError(f"model returned logits of shape {logits.shape}, expected (N, {len(self.class_names)})")
+        probs = softmax(logits)
+        top = probs.argmax(axis=1)
+        return [
+            Face([int(v) for v in box], p, self.class_names[k], float(p[k]))
+            for box, p, k in zip(boxes, probs, top, strict=True)
+        ]
+
+    def __call__(self, frame: np.ndarray) -> list[Face]:
+        """Detect every face of a BGR (H, W, 3) frame and classify them together."""
+        t0 = time.perf_counter()
+        boxes = self.detector(frame)
+        t1 = time.perf_counter()
+        faces = self.classify(frame, boxes)
+        t2 = time.perf_counter()
+        self.timing.detect += t1 - t0
+        self.timing.classify += t2 - t1
+        self.timing.frames += 1
+        self.timing.faces += len(faces)
+        return faces

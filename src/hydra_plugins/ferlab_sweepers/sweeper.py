@@ -1,0 +1,69 @@
+"""Grid sweeps and Optuna searches in which a failed job never stops the sweep.
+
+Hydra's basic sweeper raises the first failure once a batch is done, and its Optuna sweeper aborts the search
+at the first failed trial. Here every job runs; failed jobs leave `failed.json` in their run dir, Optuna
+records them as failed trials and goes on, and `ferlab.sweep.SweepSummary` (a Hydra callback) lists them
+at the end and makes the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class FerlabSweeper(BasicSweeper):
+    """A grid over `params` and the command line (as Hydra's basic sweeper), or an Optuna search.
+
+    Args:
+        max_batch_size: grid jobs handed to the launcher at once (None: all of them).
+        params: overrides swept by default: comma lists for a grid ({"seed": "1,2,3"}), or Optuna's grammar
+            for a search ({"optim.lr": "tag(log, interval(1e-4, 1e-1))"}, choice, range).
+        sampler: None for a grid; an Optuna sampler (instantiated by Hydra) makes this an Optuna search, with
+            the Optuna sweeper's other settings: direction, study_name, storage (e.g. sqlite:///path/study.db,
+            so a study survives a crash), n_trials (finished trials the study should reach; a resumed study
+            runs only the rest), n_jobs (trials launched together), custom_search_space.
+    """
+
+    def __init__(
+        self, max_batch_size: int | None = None, params: Mapping[str, str] | None = None, sampler: Any = None,
+        direction: Any = "maximize", study_name: str | None = None, storage: Any = None, n_trials: int = 20,
+        n_jobs: int = 1, custom_search_space: str | None = None,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.optuna = None if sampler is None else {
+            "sampler": sampler, "direction": direction, "study_name": study_name, "storage": storage,
+            "n_trials": n_trials, "n_jobs": n_jobs, "custom_search_space": custom_search_space}
+
+    def sweep(self, arguments: list[str]) -> Any:
+        if self.optuna is not None:
+            from hydra_plugins.ferlab_sweepers._optuna import search
+
+            return search(self, arguments)
+        return self._grid(arguments)
+
+    def _grid(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        """Every combination, batch by batch; unlike BasicSweeper, failed jobs are not re-raised."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns, job_idx = [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)  # a bad group name fails here, before any job runs
+            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            job_idx += len(batch)
+            returns.append(results)
+        return returns

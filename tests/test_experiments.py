@@ -1,0 +1,161 @@
+"""experiments/: every recipe composes with the report's numbers, every ablation expands to the report's table,
+and every experiment runs one smoke epoch on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from ferlab.runner import CONF_DIR
+from tests.conftest import REPO, run_cli
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+
+# experiment -> {dotted key: value} of the report's recipe
+RECIPES = {
+    "report000_resnext_fer5": {
+        "data.name": "fer5", "model._target_": "ferlab.models.resnet.resnext18_fer", "optim._target_": "torch.optim.Adam",
+        "optim.lr": 0.005, "data.batch_size": 32, "trainer.max_epochs": 70, "data.sampler": "balanced",
+        "model.arch": [[2, 64], [2, 128], [2, 256]], "model.drop_rates": [0.2, 0.4], "sched.scheduler": None},
+    "report001_resnet18_fer2013": {
+        "model._target_": "ferlab.models.resnet.resnet18", "optim._target_": "torch.optim.SGD", "optim.lr": 0.01,
+        "optim.weight_decay": 1e-5, "sched.scheduler.step_size": 9, "sched.scheduler.gamma": 0.4,
+        "data.batch_size": 63, "loss._target_": "ferlab.lit.losses.OffTargetSmoothingCE", "loss.smoothing": 0.05,
+        "data.mean": [0.15], "data.std": [0.4], "data.clean.min_std": 10, "data.val_fraction": 0.1641,
+        "data.source.test": "merged"},
+    "report002_vgg_fer2013": {
+        "model._target_": "ferlab.models.vgg.vgg_fer", "optim.lr": 0.002, "trainer.max_epochs": 50,
+        "data.batch_size": 512, "data.val_fraction": 0.2},
+    "report003_deep_emotion_fer2013": {
+        "model._target_": "ferlab.models.deep_emotion.deep_emotion", "optim.lr": 0.001, "trainer.max_epochs": 100,
+        "sched.scheduler._target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "sched.scheduler.T_max": 100,
+        "data.val_fraction": 0.3},
+    "report004_cliquenet_ferplus": {
+        "data.name": "ferplus", "data.num_classes": 8, "model._target_": "ferlab.models.cliquenet.cliquenet",
+        "model.blocks": 3, "model.layers": 5, "model.channels": 36, "model.block_drop_rate": 0.05,
+        "optim._target_": "torch.optim.Adam"},
+    "report004_lenet7_ferplus": {"data.num_classes": 8, "model._target_": "ferlab.models.small.lenet7"},
+}
+
+# ablation -> (the swept overrides' values in job order, {dotted key: values it takes in the composed jobs})
+SCHEDULERS = ["StepLR", "MultiStepLR", "CosineAnnealingLR", "ReduceLROnPlateau"]
+ABLATIONS = {
+    "report000_ablation_dropout": ({"model.drop_rates": ["[0,0]", "[0.2,0.4]", "[0.3,0.5]"]},
+                                   {"model.drop_rates": [[0, 0], [0.2, 0.4], [0.3, 0.5]], "augment.ops": [[]],
+                                    "model.arch": [[[2, 64], [2, 128], [2, 256], [2, 512]]]}),
+    "report000_ablation_stages": ({"model.arch": ["[[2,64],[2,128],[2,256]]", "[[2,64],[2,128],[2,256],[2,512]]",
+                                                  "[[2,64],[2,128],[2,256],[2,512],[2,512]]"]},
+                                  {"model.arch": [[[2, 64], [2, 128], [2, 256]], [[2, 64], [2, 128], [2, 256], [2, 512]],
+                                                  [[2, 64], [2, 128], [2, 256], [2, 512], [2, 512]]],
+                                   "model.drop_rates": [[0.2, 0.4]], "augment.ops": [[]]}),
+    "report000_ablation_augment": ({"augment": ["none", "report000"]}, {"data.sampler": ["random"]}),
+    "report000_ablation_sampler": ({"data.sampler": ["random", "balanced"]}, {"data.sampler": ["random", "balanced"]}),
+    "report001_ablation_loss": ({"loss": ["ce", "weighted_ce", "label_smoothing", "smooth_report001"]},
+                                {"loss.label_smoothing": [0.0, 0.1, None]}),
+    "report003_ablation_schedulers": ({"sched": [s for s in ("step", "multistep", "cosine", "plateau") for _ in range(5)],
+                                       "seed": [str(i) for i in range(1, 6)] * 4},
+                                      {"sched.scheduler._target_": [f"torch.optim.lr_scheduler.{s}" for s in SCHEDULERS],
+                                       "trainer.max_epochs": [200]}),
+    "report004_ablation_optimizers": ({"optim": ["adam", "sgd", "sgd_plain"]},
+                                      {"optim._target_": ["torch.optim.Adam", "torch.optim.SGD"],
+                                       "optim.momentum": [None, 0.9, 0.0], "optim.lr": [0.001, 0.01]}),
+    "zoo_fer2013": ({"model": MODELS}, {}),  # every model option composes: tests/test_configs.py
+}
+
+
+def _value(cfg, key: str):
+    """A config value as plain Python; None when absent."""
+    value = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def test_every_experiment_file_is_listed_here_and_names_its_task():
+    assert sorted([*RECIPES, *ABLATIONS]) == EXPERIMENTS
+    for name in EXPERIMENTS:
+        text = (REPO / "experiments" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_\n") and f"task_name: {name}\n" in text
+        assert "Reference" in text, f"{name}: the report's result belongs in a comment"
+        assert f"`{name}`" in (REPO / "experiments" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_composes_with_the_reports_numbers(make_cfg, name):
+    cfg = make_cfg(f"experiment={name}", fast=False)
+    assert cfg.task_name == name
+    for key, expected in RECIPES[name].items():
+        assert _value(cfg, key) == expected, key
+
+
+def _jobs(cfg) -> list[list[str]]:
+    """The sweep an ablation's hydra.sweeper.params defines, as the ferlab sweeper expands it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    params = HydraConfig.get().sweeper.params or {}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):  # glob() lists a group's options
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        return BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()]), None)[0]
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_expands_to_the_reports_table(make_cfg, name):
+    swept, composed = ABLATIONS[name]
+    jobs = _jobs(make_cfg(f"experiment={name}", fast=False))
+    assert {k: [dict(o.split("=", 1) for o in job)[k] for job in jobs] for k in swept} == swept
+    seen: dict[str, list] = {key: [] for key in composed}
+    distinct = {tuple(o for o in job if not o.startswith("seed=")): None for job in jobs} if composed else {}
+    for job in distinct:  # every configuration of the table composes (seeds do not change it)
+        cfg = make_cfg(f"experiment={name}", "data=synthetic", *job, fast=False)
+        for key, values in seen.items():
+            if _value(cfg, key) not in values:
+                values.append(_value(cfg, key))
+    assert seen == composed
+
+
+def test_every_experiment_runs_a_smoke_epoch_in_one_multirun(tmp_path):
+    r = run_cli("train", "-m", "experiment=glob(*)", "debug=smoke", "data.source.num_images=300", "data.batch_size=4",
+                "data.eval_batch_size=8", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+                "test=false", "logger=none", "callbacks.rich_model_summary=null", cwd=tmp_path, timeout=600,
+                env={"OMP_NUM_THREADS": "1"})  # one torch thread: two contend badly on a busy 2-core machine
+    sweep = next((tmp_path / "outputs" / "smoke" / "multiruns").iterdir())
+    failed = {p.name: json.loads((p / "failed.json").read_text()) for p in sweep.iterdir() if (p / "failed.json").exists()}
+    assert r.returncode == 0 and not failed, f"{failed}\n{r.stderr[-2000:]}"
+    data = json.loads(run_cli("report", str(sweep), "--format", "json", "--no-write", "--metrics", "val/acc", "epochs",
+                              cwd=tmp_path).stdout)
+    assert sorted(row["config"]["experiment"] for row in data["rows"]) == EXPERIMENTS
+    for row in data["rows"]:
+        assert row["metrics"]["val/acc"]["n"] == 1 and row["metrics"]["epochs"]["mean"] == 1  # one epoch each
+
+
+def test_trainer_knobs_bf16_clipping_and_accumulation_train(make_cfg):
+    from ferlab.train import run_train
+
+    cfg = make_cfg("trainer=cpu", "data.batch_size=16", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5",
+                   "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+                   "test=false", "logger=none")
+    metrics = run_train(cfg)
+    assert metrics["global_step"] == 2  # 4 batches, one optimizer step per 2
+    assert math.isfinite(metrics["history"][-1]["train/loss"])
+
+
+def test_debug_overfit_and_profiler_presets(make_cfg, tmp_path):
+    from ferlab.train import run_train
+
+    history = run_train(make_cfg("debug=overfit", "trainer.max_epochs=6", "data.batch_size=8", "logger=none",
+                                 "optim.lr=0.01"))["history"]
+    assert history[-1]["train/loss"] < 0.25 * history[0]["train/loss"]  # 3 fixed batches get memorized
+    cfg = make_cfg("debug=profiler", "data.batch_size=8", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                   "logger=none",
+                   f"hydra.run.dir={tmp_path / 'profile'}")
+    run_train(cfg)
+    report = (Path(cfg.paths.output_dir) / "fit-profiler.txt").read_text()
+    assert "training_step" in report and "Total" in report
+

@@ -1,0 +1,265 @@
+"""Exact resume: RNG state in checkpoints, last.ckpt every epoch, ckpt_path=<run dir>|last|auto, SIGKILL at
+random points, SIGTERM/SIGUSR1 saving a checkpoint and exiting non-zero, and a kill in the middle of a save.
+
+Runs killed with real signals are real processes running `ferlab train`; they are forked from a server that
+has torch and Lightning imported already (multiprocessing's forkserver), so each costs ~1 s instead of ~9.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from ferlab.errors import FerlabError
+from ferlab.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from ferlab.lit.preemption import Preempted
+from ferlab.lit.resilience import rng_state, set_rng_state
+from ferlab.lit.resume import resolve_ckpt_path
+from ferlab.train import run_train
+from tests.conftest import FAST
+
+PRELOAD = ["torch", "pytorch_lightning", "ferlab.train", "ferlab.lit.classifier", "ferlab.lit.resilience",
+           "ferlab.data.datamodule", "ferlab.models.resnet", "tests.test_resume"]
+LAST = Path("checkpoints") / "last.ckpt"
+
+
+# ---- helpers: callbacks injected with +callbacks.<name>._target_=..., and forked `ferlab` processes -------------
+
+class FailAtEpochStart(Callback):
+    """Simulates a crash at an epoch boundary (after the previous epoch's last.ckpt was written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"simulated crash at the start of epoch {self.epoch}")
+
+
+class SignalAtStep(Callback):
+    """Sends `signum` to its own process after global step `step` (a real signal, delivered asynchronously)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread here and in the forked runs: identical float reductions on both sides of a comparison,
+    and no OpenMP oversubscription on a shared 2-core machine (2 threads there can be 30x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _ferlab_child(argv: list[str], root: str, log: str) -> None:
+    torch.set_num_threads(1)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ["FERLAB_ROOT"] = root
+    os.environ.pop("FERLAB_RUN_ID", None)
+    from ferlab.cli import main
+
+    main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def ferlab_proc() -> Callable[..., mp.Process]:
+    """start(*argv, root=, log=) -> a started process running `ferlab <argv>`."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+
+    def start(*argv: str, root: Path, log: Path) -> mp.Process:
+        proc = ctx.Process(target=_ferlab_child, args=(list(argv), str(root), str(log)))
+        proc.start()
+        return proc
+
+    return start
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _ckpt_epoch(path: Path) -> int:
+    """Epoch stored in a checkpoint, -1 when there is none; a file that exists must always load."""
+    return load_checkpoint(path)["epoch"] if path.exists() else -1
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---- in-process ---------------------------------------------------------------------------------------------------
+
+def test_rng_state_survives_weights_only_round_trip(tmp_path):
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(5), random.random()  # move every stream on
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_crash_at_epoch_boundary_then_resume_run_dir_is_bit_identical(make_cfg, tmp_path):
+    # best.ckpt is pinned to epoch 0 (monitor epoch, mode min): last.ckpt must still follow every epoch
+    common = ["trainer.max_epochs=3", "test=false", "seed=7", "callbacks.model_checkpoint.monitor=epoch",
+              "callbacks.model_checkpoint.mode=min"]
+    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}"))
+    crashed = tmp_path / "crashed"
+    crash = ["+callbacks.crash._target_=tests.test_resume.FailAtEpochStart", "+callbacks.crash.epoch=2"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(make_cfg(*common, *crash, f"paths.output_dir={crashed}"))
+    assert _ckpt_epoch(crashed / LAST) == 1 and load_checkpoint(crashed / "checkpoints/best.ckpt")["epoch"] == 0
+
+    events_before = len(list((crashed / "tensorboard").glob("events.out.tfevents.*")))
+    resumed = run_train(make_cfg(*common, f"ckpt_path={crashed}", f"paths.output_dir={tmp_path / 'resumer'}"))
+    assert _same_weights(tmp_path / "ref" / LAST, crashed / LAST)
+    assert resumed["history"] == ref["history"]  # every logged number of every epoch, not just the last weights
+    assert resumed["global_step"] == ref["global_step"] and resumed["epochs"] == 3
+    # the run continued in place: one metrics.json, one checkpoint folder, one TensorBoard dir
+    assert json.loads((crashed / "metrics.json").read_text())["history"] == ref["history"]
+    assert not (tmp_path / "resumer" / "metrics.json").exists()
+    assert len(list((crashed / "tensorboard").glob("events.out.tfevents.*"))) > events_before
+    assert not (tmp_path / "resumer").exists()
+    assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_ckpt_path_values_resolve_as_documented(make_cfg, tmp_path):
+    runs = tmp_path / "outputs" / "train" / "runs"
+    for name in ("older", "newer"):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / LAST).write_bytes(b"x")
+        time.sleep(0.02)  # distinct mtimes
+    cfg = make_cfg("ckpt_path=last")
+    assert resolve_ckpt_path(cfg) == str(runs / "newer" / LAST)
+    assert cfg.paths.output_dir == str(runs / "newer")
+
+    cfg = make_cfg("ckpt_path=auto")
+    assert resolve_ckpt_path(cfg) is None and cfg.paths.output_dir == str(tmp_path / "run")  # first attempt
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "run" / LAST).write_bytes(b"x")
+    (tmp_path / "run" / "failed.json").write_text("{}")
+    assert resolve_ckpt_path(make_cfg("ckpt_path=auto")) == str(tmp_path / "run" / LAST)
+    assert not (tmp_path / "run" / "failed.json").exists()  # the run is live again
+
+    explicit = make_cfg(f"ckpt_path={runs / 'older' / LAST}")
+    assert resolve_ckpt_path(explicit) == str(runs / "older" / LAST)
+    assert explicit.paths.output_dir == str(tmp_path / "run")  # a checkpoint file branches into the new run dir
+
+    for value, message in [(tmp_path / "nope.ckpt", "no such checkpoint"), (tmp_path / "outputs", "has no")]:
+        with pytest.raises(FerlabError, match=message):
+            resolve_ckpt_path(make_cfg(f"ckpt_path={value}"))
+
+
+def test_sigusr1_saves_mid_epoch_checkpoint_and_raises_preempted(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                   "+callbacks.sig.step=10", f"+callbacks.sig.signum={int(signal.SIGUSR1)}")
+    with pytest.raises(Preempted, match="stopped by SIGUSR1 at epoch 1, step 10") as info:
+        run_train(cfg)
+    assert info.value.code == 128 + signal.SIGUSR1
+    saved = load_checkpoint(Path(cfg.paths.output_dir) / LAST)
+    assert saved["global_step"] == 10 and saved["epoch"] == 1  # the batch in flight finished, then the save
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored after the run
+
+
+# ---- real processes -----------------------------------------------------------------------------------------------
+
+def test_sigterm_exits_143_with_checkpoint_then_resume_completes(ferlab_proc, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    argv = ["train", *FAST, "trainer.max_epochs=3", "test=false"]
+    sig = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", "+callbacks.sig.step=10",
+           f"+callbacks.sig.signum={int(signal.SIGTERM)}"]
+    proc = ferlab_proc(*argv, *sig, f"hydra.run.dir={run}", root=tmp_path, log=log)
+    proc.join(180)
+    assert proc.exitcode == 143, log.read_text()[-2000:]
+    errors = [line for line in log.read_text().splitlines() if line.startswith("ferlab: error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM at epoch 1, step 10" in errors[0]
+    assert load_checkpoint(run / LAST)["global_step"] == 10
+    assert json.loads((run / "failed.json").read_text())["type"] == "Preempted"
+
+    proc = ferlab_proc(*argv, f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'resumer'}", root=tmp_path, log=log)
+    proc.join(180)
+    assert proc.exitcode == 0, log.read_text()[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["global_step"] == 21  # 7 steps per epoch, none lost or repeated
+    assert [r["epoch"] for r in metrics["history"]] == [0, 1, 2]
+    assert not (run / "failed.json").exists()
+
+
+def test_sigkill_at_five_random_points_then_resume_matches_uninterrupted(ferlab_proc, make_cfg, tmp_path):
+    common = ["trainer.max_epochs=10", "test=false", "seed=5"]
+    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}"))
+    epoch_s = ref["wall_time_s"] / 10
+    run, log, rng = tmp_path / "killed", tmp_path / "log.txt", random.Random(2024)
+    argv = ["train", *FAST, *common, f"hydra.run.dir={run}", "ckpt_path=auto"]
+    kills = []
+    for _ in range(5):
+        before = _ckpt_epoch(run / LAST)
+        proc = ferlab_proc(*argv, root=tmp_path, log=log)
+        _wait(lambda p=proc, b=before: not p.is_alive() or _ckpt_epoch(run / LAST) > b)  # this attempt progressed
+        time.sleep(rng.uniform(0, 0.9 * epoch_s))  # then anywhere in the next epoch: step, validation or save
+        assert proc.is_alive(), "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        kills.append(_ckpt_epoch(run / LAST))  # loads: a kill never leaves a corrupt last.ckpt
+    assert kills == sorted(kills) and len(kills) == 5
+
+    proc = ferlab_proc(*argv, root=tmp_path, log=log)
+    proc.join(180)
+    assert proc.exitcode == 0, log.read_text()[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 10 and metrics["global_step"] == ref["global_step"]
+    assert metrics["history"] == ref["history"]
+    # every resume started at an epoch boundary (SIGKILL leaves the last epoch-end last.ckpt): bit-identical
+    assert _same_weights(run / LAST, tmp_path / "ref" / LAST)
+
+
+def _save_then_die(path: str) -> None:
+    """Start overwriting `path` with a large checkpoint and SIGKILL this process half-way through the write."""
+
+    def torn_save(obj, f) -> None:
+        with open(f, "wb") as out:
+            out.write(b"PK" + b"\0" * 1_000_000)  # a partial file, as a kill during torch.save leaves it
+            out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = torn_save
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(10)}}, path)
+
+
+def test_kill_during_checkpoint_write_leaves_previous_last_ckpt_intact(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(10)}, "epoch": 4}, path)
+    proc = mp.get_context("fork").Process(target=_save_then_die, args=(str(path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    restored = load_checkpoint(path)
+    assert restored["epoch"] == 4 and torch.equal(restored["state_dict"]["w"], torch.ones(10))

@@ -1,0 +1,177 @@
+"""Sweeps as users run them: joblib and submitit launchers, Optuna with its SQLite study, failing jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from tests.conftest import run_cli
+
+TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0",
+        "data.batch_size=16", "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+QUIET = [*TINY, "logger=none", "test=false"]
+# Optuna's grid over one failing and one working learning rate, instead of the preset's TPE space
+GRID = ["~hydra.sweeper.sampler.seed", "~hydra.sweeper.sampler.n_startup_trials",
+        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler", "+hydra.sweeper.sampler._partial_=true",
+        "~hydra.sweeper.params"]
+
+
+def _sweep(root: Path, task: str = "train") -> Path:
+    (sweep,) = [p for p in (root / "outputs" / task / "multiruns").iterdir() if p.is_dir()]
+    return sweep
+
+
+def _report_json(*dirs: Path) -> dict:
+    r = run_cli("report", *map(str, dirs), "--format", "json", "--no-write", cwd=dirs[0])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _hparams(run: Path) -> tuple[dict, dict]:
+    """The HPARAMS session of a run's TensorBoard events: hyperparameters, and the hp/* scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    params = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+    scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"] if tag.startswith("hp/")}
+    return params, scalars
+
+
+def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
+    # two workers start at once on a fresh data dir: both need the synthetic CSV and its cache first
+    r = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim=adam,sgd",
+                "model.drop_rate=0.0,0.2", *TINY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = _sweep(tmp_path)
+    runs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert [p.name for p in runs] == ["0", "1", "2", "3"]
+    table = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model.drop_rate | optim | n |") and len(table) == 1 + 4  # header, 4 rows
+    data = _report_json(sweep)
+    assert len(data["rows"]) == 4 and data["failed"] == []
+    for row in data["rows"]:
+        (run,) = row["runs"]
+        saved = json.loads((Path(run) / "metrics.json").read_text())
+        assert row["metrics"]["val/acc"]["mean"] == saved["best_epoch_metrics"]["val/acc"]
+        assert row["metrics"]["test/acc"]["mean"] == saved["test"]["test/acc"]
+        assert row["metrics"]["test/f1_macro"]["mean"] == saved["test"]["test/f1_macro"]
+    params, scalars = _hparams(runs[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
+    saved = json.loads((runs[3] / "metrics.json").read_text())
+    assert params["optim"] == "sgd" and params["model.drop_rate"] == pytest.approx(0.2)
+    assert scalars["hp/val/acc"] == pytest.approx(saved["best_epoch_metrics"]["val/acc"])
+    assert scalars["hp/test/acc"] == pytest.approx(saved["test"]["test/acc"])
+
+
+def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
+    # job 0: a bad value (batch size 0); job 1 works; job 2: bad value; job 3: SystemExit(3) inside the job
+    boom = "{_target_:sys.exit,_args_:[3]}"
+    fixed = [a for a in QUIET if not a.startswith("data.batch_size")]
+    r = run_cli("train", "-m", f"+callbacks.boom=null,{boom}", "data.batch_size=0,16", *fixed, cwd=tmp_path)
+    assert r.returncode == 1
+    sweep = _sweep(tmp_path)
+    assert (sweep / "1" / "metrics.json").exists()
+    for job, kind in (("0", "FerlabError"), ("2", "FerlabError"), ("3", "SystemExit")):
+        assert json.loads((sweep / job / "failed.json").read_text())["type"] == kind
+    assert "3 of 4 jobs failed" in r.stderr and "data.batch_size=0" in r.stderr and "SystemExit: 3" in r.stderr
+    assert "Traceback" not in r.stderr
+    data = _report_json(sweep)
+    assert len(data["rows"]) == 1 and len(data["failed"]) == 3
+    assert "### Failed runs" in (sweep / "report.md").read_text()
+
+
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    r = run_cli("train", "-m", "hydra/launcher=submitit_local", "seed=1,2", *QUIET, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = _sweep(tmp_path)
+    assert all((sweep / job / "metrics.json").exists() for job in ("0", "1"))
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # each job ran as its own process
+    (row,) = _report_json(sweep)["rows"]  # seed is the only difference: one row, n = 2
+    assert row["n"] == 2 and sorted(row["seeds"]) == ["1", "2"]
+
+
+def _study(db: Path, name: str = "train_synthetic"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+
+
+def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_crash(tmp_path):
+    from optuna.trial import TrialState
+
+    args = [sys.executable, "-m", "ferlab", "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+            *QUIET]
+    env = {**os.environ, "FERLAB_ROOT": str(tmp_path)}
+    env.pop("FERLAB_RUN_ID", None)
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    runs = tmp_path / "outputs" / "train" / "multiruns"
+    deadline = time.time() + 240
+    while not list(runs.glob("*/1/.hydra")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the crash: trial 0 told, trial 1 running
+    proc.wait()
+    db = tmp_path / "outputs" / "optuna" / "train_synthetic.db"
+    before = _study(db).trials
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    env["FERLAB_RUN_ID"] = "resumed"  # a new sweep dir for the second command
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = _study(db).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].user_attrs["ferlab_interrupted"] and trials[0].params == before[0].params
+    (second,) = [p for p in runs.iterdir() if p.name.endswith("resumed")]
+    assert sorted(p.name for p in second.iterdir() if p.is_dir()) == ["2", "3"]  # job number = trial number
+    results = yaml.safe_load((second / "optimization_results.yaml").read_text())
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert results["best_params"] == best.params and results["best_value"] == best.value
+    assert set(best.params) == {"optim.lr", "optim.weight_decay", "model.drop_rate"}  # the preset's space...
+    assert best.user_attrs["data.batch_size"] == "16"  # ...minus what the command line fixed
+    assert results["trials"] == {"complete": 3, "pruned": 0, "fail": 1}
+    for t in trials[2:]:  # each trial's value is its run's optimized metric
+        saved = json.loads((second / str(t.number) / "metrics.json").read_text())
+        assert t.value == saved["best_epoch_metrics"]["val/acc"]
+
+
+def test_optuna_records_a_failed_trial_and_goes_on_with_parallel_joblib_trials(tmp_path):
+    r = run_cli("train", "-m", "hparams_search=optuna", *GRID, "optim.lr=choice(-1.0,0.01)", "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *QUIET, cwd=tmp_path)
+    assert r.returncode == 1 and "1 of 2 jobs failed" in r.stderr
+    from optuna.trial import TrialState
+
+    trials = _study(tmp_path / "outputs" / "optuna" / "train_synthetic.db").trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL"]
+    failed = next(t for t in trials if t.state == TrialState.FAIL)
+    assert failed.params["optim.lr"] == -1.0
+    sweep = _sweep(tmp_path)
+    assert json.loads((sweep / str(failed.number) / "failed.json").read_text())["type"] == "FerlabError"
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"] == {"optim.lr": 0.01}
+
+
+def test_slurm_preset_requeues_and_resumes(make_cfg):
+    # composition only: submitit refuses to build a SLURM executor where there is no srun
+    cfg = make_cfg("hydra/launcher=slurm", "ckpt_path=auto", fast=False)
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
+    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0 and "partition" in launcher
+    folder = OmegaConf.to_container(launcher, resolve=False)["submitit_folder"]
+    assert folder.startswith("${hydra.sweep.dir}/")  # next to the jobs' run dirs, which stay put across requeues
+    from ferlab.lit.resume import resolve_ckpt_path
+
+    assert resolve_ckpt_path(cfg) is None  # first attempt: nothing to resume; later attempts: <run>/checkpoints/last.ckpt
