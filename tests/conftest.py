@@ -67,3 +67,16 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     return subprocess.run(
         [sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Hydra's in-process runs point logging handlers at the test's captured streams, closed after the test;
+    later tests would then print 'Logging error' tracebacks. Put every logger's handlers back as they were."""
+    import logging
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    saved = {lg: (list(lg.handlers), lg.level, lg.propagate) for lg in loggers}
+    yield
+    for lg, (handlers, level, propagate) in saved.items():
+        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate

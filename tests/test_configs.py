@@ -14,6 +14,10 @@ from ferlab.runner import CONF_DIR
 SKIP_GROUPS = {"hydra", "local", "experiment", "hparams_search", "debug"}  # covered by their own tests
 
 
+# Groups that belong to another task's root config (conf/<root>.yaml); the rest compose under train.yaml.
+ROOTS = {"tta": "eval", "detector": "predict"}
+
+
 def _options() -> list[tuple[str, str]]:
     conf = Path(CONF_DIR)
     groups = sorted(d.name for d in conf.iterdir() if d.is_dir() and d.name not in SKIP_GROUPS)
@@ -77,6 +81,20 @@ def _check_augment(cfg):
     assert out.shape == x.shape and out.min() >= -1e-6 and out.max() <= 1 + 1e-6
 
 
+def _check_tta(cfg):
+    tta = instantiate(cfg.tta)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(7))
+    probs = tta(net, torch.rand(3, 1, 48, 48))
+    assert probs.shape == (3, 7) and torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def _check_detector(cfg):
+    import numpy as np
+
+    boxes = instantiate(cfg.detector)(np.zeros((120, 160, 3), np.uint8))  # a blank frame: no face, or the whole frame
+    assert boxes.dtype == np.int64 and boxes.shape[1:] == (4,) and len(boxes) <= 1
+
+
 def _check_paths(cfg):
     assert OmegaConf.to_container(cfg.paths, resolve=True)["data_dir"].endswith("data")
 
@@ -85,12 +103,13 @@ CHECKS = {
     "data": _check_data, "model": _check_model, "optim": _check_optim, "sched": _check_sched,
     "loss": _check_loss, "trainer": _check_trainer, "callbacks": _check_each("callbacks"),
     "logger": _check_each("logger"), "augment": _check_augment, "paths": _check_paths,
+    "tta": _check_tta, "detector": _check_detector,
 }
 
 
 @pytest.mark.parametrize("group, option", _options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(make_cfg, group, option):
-    cfg = make_cfg(f"{group}={option}", fast=False)
+    cfg = make_cfg(f"{group}={option}", fast=False, config_name=ROOTS.get(group, "train"))
     assert group in CHECKS, f"no instantiation check for config group {group!r}"
     CHECKS[group](cfg)
 

@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
+from lightning_utilities.core.rank_zero import rank_zero_only
 
 from ferlab import runner
 from ferlab.lit.ddp import DDPStrategy
@@ -73,6 +74,8 @@ def test_ddp_multinode_is_one_rank_per_slurm_task(make_cfg, monkeypatch):
              "SLURM_NODEID": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "ferlab", "SLURM_NODELIST": "node[1-2]"}
     for key, value in slurm.items():
         monkeypatch.setenv(key, value)
+    # the Trainer sets the process-global rank_zero_only.rank to 3; restore it, or later tests log nothing
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     cfg = make_cfg("trainer=ddp_multinode", "trainer.accelerator=cpu", "trainer.devices=2",
                    "trainer.precision=32-true", "trainer.sync_batchnorm=false",
                    "trainer.strategy.process_group_backend=gloo", "logger=none")

@@ -154,12 +154,7 @@ def test_a_bad_model_argument_ends_the_task_with_one_line(make_cfg, capsys):
     assert capsys.readouterr().err == "ferlab: error: model argument norm='bn' is not one of: batch, none\n"
 
 
-def test_cam_layer_is_not_saved_twice_and_old_checkpoints_still_load():
+def test_cam_layer_is_not_saved_twice():
     net = create_model("resnet18", in_chans=1, num_classes=7, width=8)
     state = net.state_dict()
     assert net.cam_layer is net.stages[-1] and not any(k.startswith("cam_layer.") for k in state)
-    last = "stages.3."
-    copies = {f"cam_layer.{k.removeprefix(last)}": v for k, v in state.items() if k.startswith(last)}
-    legacy = {**state, **copies}
-    wrapped = nn.Sequential(net)  # nested, as in the LightningModule's `net.` prefix
-    wrapped.load_state_dict({f"0.{k}": v for k, v in legacy.items()})  # strict: the extra copies are dropped

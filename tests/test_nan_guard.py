@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ferlab.lit.checkpoint_io import load_checkpoint
+from ferlab.lit.ckpt_file import load_checkpoint
 from ferlab.lit.resilience import NonFiniteLoss
 from ferlab.runner import guarded
 from ferlab.train import run_train

@@ -139,3 +139,13 @@ def test_user_mistakes_are_one_line_errors(tmp_path, sweep, capsys):
             main(args)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 1 and err.startswith("ferlab: error:") and "\n" not in err
+
+
+def test_eval_and_predict_runs_are_not_rows(sweep):
+    """An eval run saved beside the train runs (its config has no trainer) is neither a row nor unfinished."""
+    other = sweep / "eval_run"
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "overrides.yaml").write_text("- ckpt_path=x.ckpt\n")
+    (other / ".hydra" / "config.yaml").write_text("task_name: eval\nckpt_path: x.ckpt\nsplit: test\n")
+    runs = find_runs([sweep])
+    assert len(runs) == len(RUNS) + 2 and all(r.path.name != "eval_run" for r in runs)

@@ -22,7 +22,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from ferlab.errors import FerlabError
-from ferlab.lit.checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from ferlab.lit.checkpoint_io import AtomicCheckpointIO
+from ferlab.lit.ckpt_file import load_checkpoint
 from ferlab.lit.preemption import Preempted
 from ferlab.lit.resilience import rng_state, set_rng_state
 from ferlab.lit.resume import resolve_ckpt_path

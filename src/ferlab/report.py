@@ -139,6 +139,19 @@ def _is_run(path: Path, names: set[str]) -> bool:
     return "metrics.json" in names or "failed.json" in names or (path / ".hydra" / "overrides.yaml").is_file()
 
 
+def _is_training(path: Path) -> bool:
+    """Train runs only: eval, explain, predict and export runs (no `trainer` in their config) are not rows."""
+    import yaml
+
+    config = path / ".hydra" / "config.yaml"
+    if (path / "metrics.json").exists() or not config.is_file():
+        return True
+    try:
+        return "trainer" in (yaml.safe_load(config.read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return True
+
+
 def find_runs(dirs: list[Path]) -> list[Run]:
     """Every run directory at or below `dirs` (a run dir, a sweep dir, or a folder of either), in path order."""
     found: dict[Path, None] = {}
@@ -149,7 +162,8 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             here = Path(root)
             subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and d != ".hydra")
             if _is_run(here, set(files)):
-                found[here.resolve()] = None
+                if _is_training(here):
+                    found[here.resolve()] = None
                 subdirs[:] = []  # checkpoints, tensorboard and such; no runs inside a run
     return [load_run(p) for p in found]
 

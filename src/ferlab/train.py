@@ -67,6 +67,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     parts = build(cfg)
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
     stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    final = _scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
     test_metrics = {}
     if cfg.get("test") and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -76,7 +77,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
                                            weights_only=True)
         history.history = fitted
         test_metrics = {k: v for r in results for k, v in r.items()}
-    metrics = collect_metrics(cfg, trainer, datamodule, test_metrics, time.time() - start)
+    metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start)
     run_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -89,7 +90,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def collect_metrics(cfg: DictConfig, trainer, datamodule, test: dict, wall_time: float) -> dict[str, Any]:
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def collect_metrics(
+    cfg: DictConfig, trainer, datamodule, final: dict, test: dict, wall_time: float
+) -> dict[str, Any]:
     """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths."""
     from ferlab.lit.callbacks import MetricsHistory
 
@@ -98,7 +105,6 @@ def collect_metrics(cfg: DictConfig, trainer, datamodule, test: dict, wall_time:
     sign = 1 if cfg.monitor_mode == "max" else -1
     scored = [r for r in history if cfg.monitor in r]
     best_row = max(scored, key=lambda r: sign * r[cfg.monitor]) if scored else {}
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     return {
         "best": {"monitor": cfg.monitor, "mode": cfg.monitor_mode, "score": best_row.get(cfg.monitor),
                  "epoch": best_row.get("epoch")},

@@ -1,28 +1,15 @@
-"""Checkpoints written atomically (a kill mid-save never corrupts last.ckpt) and loaded weights-only."""
+"""Lightning's checkpoint IO, writing atomically (a kill mid-save never corrupts last.ckpt), loading weights-only."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from ferlab.data.io import atomic_write
-from ferlab.errors import FerlabError
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """torch.load with weights_only=True; a missing, truncated or foreign file is one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerlabError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FerlabError(f"checkpoint {path} cannot be loaded (truncated or not a ferlab checkpoint): {reason}") from None
+from ferlab.lit.ckpt_file import load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ferlab.errors import FerlabError
-from ferlab.lit.checkpoint_io import load_checkpoint
+from ferlab.lit.ckpt_file import load_checkpoint
 
 
 @dataclass

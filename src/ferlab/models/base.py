@@ -21,10 +21,6 @@ class FERNet(nn.Module):
     head_drop: nn.Module
     cam_layer_name: str = ""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_load_state_dict_pre_hook(_drop_legacy_cam_keys)
-
     def set_cam_layer(self, module: nn.Module) -> None:
         """Point `cam_layer` at one of this net's submodules (stored by name, so it is not a second child)."""
         self.cam_layer_name = next(name for name, m in self.named_modules() if m is module)
@@ -59,8 +55,3 @@ class FERNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
         return self.forward_head(self.forward_features(x))
 
-
-def _drop_legacy_cam_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    """Checkpoints from before cam_layer was a name hold a second copy of its weights under `cam_layer.`."""
-    for key in [k for k in state_dict if k.startswith(prefix + "cam_layer.")]:
-        del state_dict[key]

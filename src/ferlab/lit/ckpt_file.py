@@ -1,0 +1,22 @@
+"""Reading a checkpoint file weights-only, without importing Lightning (predict, eval and export start fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ferlab.errors import FerlabError
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """torch.load with weights_only=True; a missing, truncated or foreign file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerlabError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FerlabError(f"checkpoint {path} cannot be loaded (truncated or not a ferlab checkpoint): {reason}") from None
