@@ -140,7 +140,7 @@ def to_markdown(rows: list[dict[str, Any]], model_name: str, frames: int, quick:
         table(headers, body, right=range(2, 7)),
         "",
         "`haar`: `ferlab predict`'s default detector (frames up to 1280 px, scale step 1.1, faces from 24 px); "
-        "`haar_fast`: `ferlab demo`'s (frames shrunk to 480 px, step 1.2, faces from 64 px). "
+        "`haar_fast`: `ferlab demo`'s (frames shrunk to 400 px, step 1.25, faces from 64 px). "
         "\"vs PyTorch\": PyTorch classification time / this backend's (above 1: faster).",
     ]) + "\n"
 

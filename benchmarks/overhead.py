@@ -134,7 +134,7 @@ def main(quick: bool = False) -> str:
     import warnings
 
     warnings.filterwarnings("ignore")
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 2
     with tempfile.TemporaryDirectory(prefix="ferlab-bench-") as tmp:
         overhead = _best_interleaved(repeats, {label: (kind, extra) for label, kind, extra in OVERHEAD}, quick,
                                      Path(tmp))

@@ -14,6 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import write
 
 HELPERS = {"run_all", "common"}
@@ -39,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(available)}")
     names = [n for n in available if n in wanted]
     failed = []
+    threads = torch.get_num_threads()
     for name in names:
+        torch.set_num_threads(threads)  # a benchmark that pins one thread must not pin the next ones
         print(f"\n## benchmarks.{name}\n", flush=True)
         start = time.perf_counter()
         try:

@@ -69,6 +69,19 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread for the whole suite: tiny models run fastest on one, identical float reductions on
+    both sides of every comparison (resume, DDP, determinism), and no OpenMP oversubscription on a shared
+    2-core machine, where two threads can make a step 30 times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """Hydra's in-process runs point logging handlers at the test's captured streams, closed after the test;

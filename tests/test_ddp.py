@@ -16,7 +16,6 @@ from lightning_utilities.core.rank_zero import rank_zero_only
 from ferlab import runner
 from ferlab.lit.ddp import DDPStrategy
 from ferlab.train import build, run_train
-from tests.test_resume import one_thread  # noqa: F401  (fixture)
 
 
 def _single_process_metrics(make_cfg, run: Path, ckpt: str, stage: str) -> dict[str, float]:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ferlab.train import run_train
-from tests.test_resume import one_thread  # noqa: F401  (fixture)
 
 VARYING = ("wall_time_s", "checkpoints")  # clock time and the run's own paths
 

@@ -31,14 +31,6 @@ def trained(tmp_path_factory) -> dict:
     return trained_run(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def explain_cfg(tmp_path: Path, *overrides: str):
     cfg = compose_cfg(tmp_path, list(overrides), config_name="explain")
     GlobalHydra.instance().clear()

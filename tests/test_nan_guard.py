@@ -15,7 +15,7 @@ from ferlab.lit.resilience import NonFiniteLoss
 from ferlab.runner import guarded
 from ferlab.train import run_train
 from tests.conftest import FAST
-from tests.test_resume import ferlab_proc, one_thread  # noqa: F401  (fixtures)
+from tests.test_resume import ferlab_proc  # noqa: F401  (fixture)
 
 
 class BadAtStep(nn.CrossEntropyLoss):

@@ -59,16 +59,6 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread here and in the forked runs: identical float reductions on both sides of a comparison,
-    and no OpenMP oversubscription on a shared 2-core machine (2 threads there can be 30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _ferlab_child(argv: list[str], root: str, log: str) -> None:
     torch.set_num_threads(1)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

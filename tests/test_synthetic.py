@@ -6,7 +6,6 @@ import hashlib
 import time
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -64,15 +63,6 @@ def test_written_csv_reads_back_through_fer2013_reader(tmp_path):
     assert data.split_sizes() == {"train": 350, "test_public": 50, "test_private": 100}
     np.testing.assert_array_equal(data.images[:, 0], images)
     np.testing.assert_array_equal(data.targets, labels)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models train fastest on one thread, above all on a machine shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:

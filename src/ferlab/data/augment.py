@@ -7,6 +7,7 @@ offset and jitter per image) from torch's RNG on the batch's device, so `seed_ev
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +24,11 @@ def _uniform(b: int, lo: float, hi: float, like: Tensor) -> Tensor:
 def _chance(b: int, p: float, like: Tensor) -> Tensor:
     """(B,1,1,1) boolean mask: which images an op with probability p applies to."""
     return (torch.rand(b, device=like.device) < p).view(b, 1, 1, 1)
+
+
+def _where_drawn(b: int, p: float, out: Tensor, x: Tensor) -> Tensor:
+    """(B, C, H, W): `out` for the images an op with probability p applies to, `x` for the rest (no draw at p=1)."""
+    return out if p >= 1 else torch.where(_chance(b, p, x), out, x)
 
 
 class BatchAugment(nn.Module):
@@ -75,7 +81,7 @@ class RandomAffine(nn.Module):
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B,2,3)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.fill, align_corners=False)
-        return torch.where(_chance(b, self.p, x), out, x)
+        return _where_drawn(b, self.p, out, x)
 
 
 class RandomPadCrop(nn.Module):
@@ -89,13 +95,19 @@ class RandomPadCrop(nn.Module):
         b, c, h, w = x.shape
         pad, wp = self.padding, w + 2 * self.padding
         xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros around
-        apply = _chance(b, self.p, x).view(b)
-        off_y = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
-        off_x = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
-        rows = off_y[:, None] + torch.arange(h, device=x.device)  # (B, H)
-        cols = off_x[:, None] + torch.arange(w, device=x.device)  # (B, W)
-        index = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        offset = torch.randint(0, 2 * pad + 1, (2, b), device=x.device)  # (dy, dx) per image
+        if self.p < 1:  # images left alone take the centre window: the image itself
+            offset = torch.where(_chance(b, self.p, x).view(b), offset, pad)
+        start = (offset[0] * wp + offset[1]).view(b, 1)  # flat index of each window's top-left pixel
+        index = (start + _window(h, w, wp, x.device)).view(b, 1, h * w).expand(b, c, h * w)  # (B, C, H*W)
         return xp.flatten(2).gather(2, index).view(b, c, h, w)  # one gather: each image its own window
+
+
+@functools.lru_cache(maxsize=8)
+def _window(h: int, w: int, row_stride: int, device: torch.device) -> Tensor:
+    """(1, H*W) flat offsets of an HxW window inside rows of `row_stride` pixels."""
+    rows = torch.arange(h, device=device).view(h, 1) * row_stride
+    return (rows + torch.arange(w, device=device)).view(1, h * w)
 
 
 class RandomResizedCrop(nn.Module):
@@ -116,7 +128,7 @@ class RandomResizedCrop(nn.Module):
         theta = torch.stack([torch.stack([sw, zero, cx], 1), torch.stack([zero, sh, cy], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return torch.where(_chance(b, self.p, x), out, x)
+        return _where_drawn(b, self.p, out, x)
 
 
 class ColorJitter(nn.Module):
@@ -139,16 +151,16 @@ class ColorJitter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]
-        # each step clamps to [0, 1] like torchvision's adjust_* functions
-        out = (x * _uniform(b, *self.brightness, x).view(b, 1, 1, 1)).clamp(0, 1)
+        # each step clamps to [0, 1] like torchvision's adjust_* functions; in place on `out`, a new tensor
+        out = (x * _uniform(b, *self.brightness, x).view(b, 1, 1, 1)).clamp_(0, 1)
         mean = _gray(out).mean((1, 2, 3), keepdim=True)  # (B,1,1,1) contrast pivots on the gray mean
-        out = (mean + (out - mean) * _uniform(b, *self.contrast, x).view(b, 1, 1, 1)).clamp(0, 1)
+        out.sub_(mean).mul_(_uniform(b, *self.contrast, x).view(b, 1, 1, 1)).add_(mean).clamp_(0, 1)
         if c == 3:
             gray = _gray(out)
-            out = (gray + (out - gray) * _uniform(b, *self.saturation, x).view(b, 1, 1, 1)).clamp(0, 1)
+            out.sub_(gray).mul_(_uniform(b, *self.saturation, x).view(b, 1, 1, 1)).add_(gray).clamp_(0, 1)
             if self.hue > 0:
-                out = _rotate_hue(out, _uniform(b, -self.hue, self.hue, x) * 2 * math.pi).clamp(0, 1)
-        return torch.where(_chance(b, self.p, x), out, x)
+                out = _rotate_hue(out, _uniform(b, -self.hue, self.hue, x) * 2 * math.pi).clamp_(0, 1)
+        return _where_drawn(b, self.p, out, x)
 
 
 def _gray(x: Tensor) -> Tensor:

@@ -274,18 +274,18 @@ class FERDataModule(pl.LightningDataModule):
     def _to_model_space(self, x: Tensor) -> Tensor:
         """Float (B,C0,H0,W0) in [0, 1] to the model's channels and size."""
         if x.shape[1] != self.in_chans:
-            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
+            x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
         return x
 
     def transform(self, x: Tensor, train: bool) -> Tensor:
         """uint8 (B,C0,H0,W0) on any device -> normalized float (B,in_chans,S,S): augment, convert, normalize."""
-        x = x.float().div_(255)
+        x = x.to(torch.float32, copy=True).div_(255)  # a new tensor: the ops below may work in place
         if train:
             x = self.augment(x)
-        x = self._to_model_space(x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = self._to_model_space(x)  # a tensor of our own (the float copy or newer): normalize in place
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         x, y = batch

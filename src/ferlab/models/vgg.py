@@ -101,74 +101,27 @@ class VGG(FERNet):
         return self.mlp(x)
 
 
-def _vgg(depth: int, norm: str, *, in_chans: int, num_classes: int, act: str, pool_size: int,
-         hidden: Sequence[int], drop_rate: float) -> VGG:
-    return VGG(stages=VGG_STAGES[depth], in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
-               pool_size=pool_size, hidden=hidden, drop_rate=drop_rate)
+def _torchvision_vgg(depth: int, norm: str, doc: str):
+    """Register `vgg<depth>[_bn]`: torchvision's layout (3x3 convs, 2x2 max pools, 7x7 pooled, 4096-4096 MLP)."""
+
+    def build(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
+              hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
+        return VGG(stages=VGG_STAGES[depth], in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
+                   pool_size=pool_size, hidden=hidden, drop_rate=drop_rate)
+
+    build.__name__ = build.__qualname__ = f"vgg{depth}" + ("_bn" if norm == "batch" else "")
+    build.__doc__ = doc
+    return register_model(build)
 
 
-@register_model
-def vgg11(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-          hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-11 (configuration A), no batch norm; torchvision's layout and parameter count at defaults."""
-    return _vgg(11, "none", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg11_bn(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-             hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-11 with batch norm."""
-    return _vgg(11, "batch", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg13(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-          hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-13 (configuration B), no batch norm."""
-    return _vgg(13, "none", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg13_bn(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-             hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-13 with batch norm."""
-    return _vgg(13, "batch", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg16(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-          hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-16 (configuration D), no batch norm."""
-    return _vgg(16, "none", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg16_bn(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-             hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-16 with batch norm."""
-    return _vgg(16, "batch", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg19(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-          hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-19 (configuration E), no batch norm."""
-    return _vgg(19, "none", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
-
-
-@register_model
-def vgg19_bn(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-             hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-    """VGG-19 with batch norm: 143,678,248 parameters with 3 channels and 1000 classes."""
-    return _vgg(19, "batch", in_chans=in_chans, num_classes=num_classes, act=act, pool_size=pool_size,
-                hidden=hidden, drop_rate=drop_rate)
+vgg11 = _torchvision_vgg(11, "none", "VGG-11 (configuration A), no batch norm; torchvision's parameter count.")
+vgg11_bn = _torchvision_vgg(11, "batch", "VGG-11 with batch norm.")
+vgg13 = _torchvision_vgg(13, "none", "VGG-13 (configuration B), no batch norm.")
+vgg13_bn = _torchvision_vgg(13, "batch", "VGG-13 with batch norm.")
+vgg16 = _torchvision_vgg(16, "none", "VGG-16 (configuration D), no batch norm.")
+vgg16_bn = _torchvision_vgg(16, "batch", "VGG-16 with batch norm.")
+vgg19 = _torchvision_vgg(19, "none", "VGG-19 (configuration E), no batch norm.")
+vgg19_bn = _torchvision_vgg(19, "batch", "VGG-19 with batch norm: 143,678,248 parameters with 3 channels and 1000 classes.")
 
 
 @register_model
