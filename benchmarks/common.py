@@ -15,24 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def compose_train(root: Path, overrides: Sequence[str], run_dir: Path) -> Any:
     """conf/train.yaml composed as `ferlab train` would, data and caches under `root`, the run under `run_dir`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from ferlab.runner import compose_run
 
-    from ferlab.runner import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return compose_run("train", [f"paths.root_dir={root}", *overrides], run_dir)
 
 
 def data_root() -> Path:
@@ -56,18 +41,19 @@ def machine() -> str:
             f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}")
 
 
-def write(name: str, markdown: str) -> Path:
-    """benchmarks/results/<name>.md, written atomically."""
+def write(name: str, markdown: str, quick: bool = False) -> Path:
+    """benchmarks/results/<name>.md, written atomically; a --quick check goes to <name>.quick.md (git-ignored),
+    so checking that a script runs never replaces the measured figures."""
     from ferlab.data.io import atomic_write_text
 
-    return atomic_write_text(RESULTS / f"{name}.md", markdown.rstrip() + "\n")
+    return atomic_write_text(RESULTS / f"{name}{'.quick' if quick else ''}.md", markdown.rstrip() + "\n")
 
 
 def cli(name: str, main: Callable[[bool], str], description: str) -> None:
-    """`python -m benchmarks.<name> [--quick]`: run, print the markdown and write it to results/<name>.md."""
+    """`python -m benchmarks.<name> [--quick]`: run, print the markdown and write it to results/<name>[.quick].md."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the figures")
     args = parser.parse_args()
     markdown = main(quick=args.quick)
     print(markdown)
-    print(f"\nwritten to {write(name, markdown)}")
+    print(f"\nwritten to {write(name, markdown, args.quick)}")

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(name)
             continue
-        path = write(name, markdown)
+        path = write(name, markdown, args.quick)
         print(markdown)
         print(f"\n({time.perf_counter() - start:.0f} s; written to {path})", flush=True)
     if failed:

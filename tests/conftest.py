@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from ferlab.runner import CONF_DIR
+from ferlab.runner import compose_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,22 +29,7 @@ FAST = [
 
 def compose_cfg(tmp_path: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
     """Compose conf/<config_name>.yaml with `overrides`, all paths under tmp_path, as Hydra would for a run."""
-    GlobalHydra.instance().clear()
-    run_dir = tmp_path / "run"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name,
-            overrides=[f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}", *overrides],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return compose_run(config_name, [f"paths.root_dir={tmp_path}", *overrides], tmp_path / "run")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,27 @@ def _job_dir(cfg: DictConfig) -> Path | None:
     except Exception:  # an interpolation that cannot resolve outside Hydra
         out = None
     return Path(out) if out else output_dir()
+
+
+def compose_run(config_name: str, overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
+    """conf/<config_name>.yaml composed in-process as `ferlab <task>` would compose it, with `run_dir` as the
+    run directory: for notebooks, tests and benchmarks calling `run_train(cfg)` and friends directly."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} interpolations resolve as in a run
+    with open_dict(cfg):
+        del cfg.hydra
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return cfg
 
 
 class JobFailed(RuntimeError):
