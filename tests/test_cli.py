@@ -58,6 +58,13 @@ def test_unknown_override_fails_with_hydras_message(tmp_path):
     assert r.returncode != 0 and "no_such_key" in r.stderr
 
 
+def test_two_run_modes_at_once_are_one_line(tmp_path):
+    out = run_cli("train", "-m", "seed=1,2", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "ferlab train: error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"]
+
+
 def test_missing_csv_is_one_clear_line(tmp_path):
     r = run_cli("train", "data=fer2013", f"data.source.csv_path={tmp_path}/missing.csv", *TINY[1:], cwd=tmp_path)
     assert r.returncode == 1

@@ -17,6 +17,8 @@ TASKS: dict[str, tuple[str, str]] = {
     "explain": ("ferlab.explain", "saliency, Grad-CAM, filters, misclassified images, prototypes (ckpt_path=... method=...)"),
 }
 
+HYDRA_FLAG_CONFLICT = "Only one of --run, --multirun, --cfg, --info"
+
 USAGE = """usage: ferlab <command> [overrides...]
 
 Facial expression recognition experiments, configured with Hydra.
@@ -46,4 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     module = importlib.import_module(TASKS[name][0])
     sys.argv = [f"ferlab {name}", *rest]
-    module.main()
+    try:
+        module.main()
+    except ValueError as e:  # Hydra's check of its own flags (e.g. -m with --cfg) raises a bare ValueError
+        if not str(e).startswith(HYDRA_FLAG_CONFLICT):
+            raise
+        print(f"ferlab {name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
