@@ -32,6 +32,32 @@ def compose_cfg(tmp_path: Path, overrides: list[str] = (), config_name: str = "t
     return compose_run(config_name, [f"paths.root_dir={tmp_path}", *overrides], tmp_path / "run")
 
 
+# Two-step runs of a narrow resnet18_small, trained once per session for the modules that only read them.
+_TINY = [
+    "data.source.num_images=200", "data.batch_size=32", "model.width=8", "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+]
+EVAL_RUN = [*_TINY, "data.source.test=both", "data.split=random"]  # tested on both FER2013 test halves
+INFER_RUN = [*_TINY, "logger=none", "test=false"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """metrics.json of EVAL_RUN (eval, explain): selected on validation, reported on both test halves."""
+    from ferlab.train import run_train
+
+    return run_train(compose_cfg(tmp_path_factory.mktemp("train"), EVAL_RUN))
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """last.ckpt of INFER_RUN (gray 48x48, 7 classes), for the inference modules (predict, demo, export)."""
+    from ferlab.train import run_train
+
+    return Path(run_train(compose_cfg(tmp_path_factory.mktemp("train"), INFER_RUN))["checkpoints"]["last"])
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides, fast=True): a composed train config writing only under tmp_path."""

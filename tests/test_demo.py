@@ -18,12 +18,7 @@ from ferlab.infer.media import VideoSource
 from ferlab.infer.predictor import Predictor
 from ferlab.infer.video import run_loop
 from tests.conftest import compose_cfg, run_cli
-from tests.test_predict import tiny_checkpoint, write_clip
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory)
+from tests.test_predict import write_clip
 
 
 @pytest.fixture(scope="module")

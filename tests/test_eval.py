@@ -22,35 +22,9 @@ from ferlab.errors import FerlabError
 from ferlab.evaluate import run_eval
 from tests.conftest import REPO, compose_cfg, run_cli
 
-# 200 synthetic faces, both FER2013 test halves reported, validation carved from train (selection on val only)
-TINY_TRAIN = [
-    "data.source.num_images=200", "data.batch_size=32", "model.width=8", "trainer.max_epochs=1",
-    "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
-    "data.source.test=both", "data.split=random",
-]
-_TRAINED: dict[str, dict] = {}
-
-
-def trained_run(tmp_path_factory) -> dict:
-    """metrics.json of a two-step run with test=true; trained once per session, shared with test_explain."""
-    from ferlab.train import run_train
-
-    if "metrics" not in _TRAINED:
-        _TRAINED["metrics"] = run_train(compose_cfg(tmp_path_factory.mktemp("train"), TINY_TRAIN))
-        GlobalHydra.instance().clear()
-    return _TRAINED["metrics"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    return trained_run(tmp_path_factory)
-
 
 def eval_cfg(tmp_path: Path, *overrides: str):
-    cfg = compose_cfg(tmp_path, list(overrides), config_name="eval")
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_cfg(tmp_path, list(overrides), config_name="eval")
 
 
 def run_dir(metrics: dict) -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
@@ -21,20 +20,13 @@ from ferlab.models import list_models
 from ferlab.models.base import FERNet
 from ferlab.runner import CONF_DIR
 from tests.conftest import compose_cfg, run_cli
-from tests.test_eval import tb_image_tags, trained_run
+from tests.test_eval import tb_image_tags
 
 SMALL = ["per_class=2", "filters.num_filters=4", "filters.steps=3", "misclassified.count=6"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    return trained_run(tmp_path_factory)
-
-
 def explain_cfg(tmp_path: Path, *overrides: str):
-    cfg = compose_cfg(tmp_path, list(overrides), config_name="explain")
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_cfg(tmp_path, list(overrides), config_name="explain")
 
 
 def test_every_method_writes_its_files(trained, tmp_path):

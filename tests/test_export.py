@@ -23,12 +23,12 @@ from ferlab.infer.export import export
 from ferlab.lit.restore import Restored, restore
 from ferlab.predict import run_predict
 from tests.conftest import compose_cfg, run_cli
-from tests.test_predict import astronaut, tiny_checkpoint
+from tests.test_predict import astronaut
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    src = tiny_checkpoint(tmp_path_factory)
+def ckpt(ckpt, tmp_path_factory) -> Path:
+    src = ckpt  # the session's checkpoint (conftest)
     own = tmp_path_factory.mktemp("export") / "best.ckpt"  # exports land beside it: keep other modules' copy clean
     own.write_bytes(src.read_bytes())
     return own

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from ferlab.errors import FerlabError
@@ -26,28 +25,6 @@ from tests.conftest import compose_cfg, run_cli
 
 # Eileen Collins' face in skimage.data.astronaut() (512x512), [x, y, w, h], marked by eye: hairline to chin
 FACE = (178, 62, 95, 105)
-TINY_TRAIN = [
-    "data.source.num_images=200", "data.batch_size=32", "model.width=8", "trainer.max_epochs=1",
-    "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null", "logger=none", "test=false",
-]
-
-
-_TRAINED: dict[str, Path] = {}
-
-
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A two-step checkpoint of a narrow resnet18_small on synthetic faces (gray 48x48, 7 classes).
-
-    Trained once per test session and shared by the inference test modules (they only read it).
-    """
-    from ferlab.train import run_train
-
-    if "ckpt" not in _TRAINED:
-        metrics = run_train(compose_cfg(tmp_path_factory.mktemp("train"), TINY_TRAIN))
-        GlobalHydra.instance().clear()
-        _TRAINED["ckpt"] = Path(metrics["checkpoints"]["last"])
-    return _TRAINED["ckpt"]
 
 
 def astronaut() -> np.ndarray:
@@ -90,11 +67,6 @@ def predict_cfg(tmp: Path, *overrides: str):
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,9 @@ def test_every_problem_is_reported_at_once(make_cfg):
     ["trainer=ddp_sim"],
 ])
 def test_valid_configs_pass(make_cfg, overrides):
-    validate(make_cfg(*overrides))  # the synthetic source renders its CSV, so its missing path is fine
+    cfg = make_cfg(*overrides)
+    assert problems(cfg) == []  # the synthetic source renders its CSV, so its missing path is fine
+    validate(cfg)  # raises FerlabError on any problem
 
 
 @pytest.mark.parametrize("preset", ["gpu", "ddp", "ddp_multinode"])
