@@ -15,18 +15,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task
+from ferlab.runner import hydra_task, require_checkpoint
 
 log = logging.getLogger("ferlab.eval")
 SPLITS = ("test", "val", "train")
-
-
-def require_checkpoint(cfg: DictConfig) -> None:
-    """`ckpt_path` given and a file: checked before the heavy imports, so the mistake is reported at once."""
-    if not cfg.get("ckpt_path"):
-        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
-    if not Path(str(cfg.ckpt_path)).is_file():
-        raise FerlabError(f"checkpoint not found: {cfg.ckpt_path}")
 
 
 def eval_name(cfg: DictConfig, ckpt_path: str, data_name: str | None) -> list[str]:
@@ -41,7 +33,7 @@ def eval_name(cfg: DictConfig, ckpt_path: str, data_name: str | None) -> list[st
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt_path` on `cfg.split`; write report.json, report.md, confusion_matrix.png; return the report."""
-    require_checkpoint(cfg)
+    require_checkpoint(cfg.get("ckpt_path"))
     if cfg.split not in SPLITS:
         raise FerlabError(f"split: expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
     from hydra.utils import instantiate

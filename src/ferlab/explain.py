@@ -14,8 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from ferlab.errors import FerlabError
-from ferlab.evaluate import require_checkpoint
-from ferlab.runner import hydra_task
+from ferlab.runner import hydra_task, require_checkpoint
 
 METHOD_NAMES = ("saliency", "gradcam", "filters", "misclassified", "prototypes")
 TARGETS = ("label", "pred")  # saliency/gradcam: explain the labelled or the predicted class
@@ -58,7 +57,7 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     chosen = methods(cfg.method)
     if cfg.target not in TARGETS:
         raise FerlabError(f"target: expected {' or '.join(TARGETS)}, got {cfg.target!r}")
-    require_checkpoint(cfg)
+    require_checkpoint(cfg.get("ckpt_path"))
     from ferlab.analysis.common import load, output_dir
     from ferlab.analysis.explain_methods import METHODS, Context
 

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task
+from ferlab.runner import hydra_task, require_checkpoint
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -21,8 +21,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.infer.export import FORMATS, export
     from ferlab.lit.restore import restore
 
-    if not cfg.get("ckpt_path"):
-        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
+    require_checkpoint(cfg.get("ckpt_path"))
     if cfg.format not in FORMATS:
         raise FerlabError(f"format: expected one of {', '.join(FORMATS)}, got {cfg.format!r}")
     out = Path(cfg.out_path) if cfg.get("out_path") else exported_path(cfg.ckpt_path, cfg.format)

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab.runfiles import headline_metrics
+
 GROUPS = ("data", "model", "augment", "optim", "sched", "loss", "trainer", "experiment")
 RECIPE = ("seed", "optim.lr", "optim.weight_decay", "data.batch_size", "data.image_size", "data.sampler",
            "trainer.max_epochs", "trainer.precision", "model.drop_rate", "sched.warmup_epochs")
@@ -58,9 +60,7 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """`hp/<metric>`: the best epoch's val metrics (the tested checkpoint) and the test metrics, per-class left out."""
-    picked = {k: v for k, v in (metrics.get("best_epoch_metrics") or {}).items() if k.startswith("val/")}
-    picked.update({k: v for k, v in (metrics.get("test") or {}).items() if "/f1/" not in k})
-    return {f"hp/{k}": float(v) for k, v in picked.items() if isinstance(v, (int, float))}
+    return {f"hp/{k}": float(v) for k, v in headline_metrics(metrics).items() if isinstance(v, (int, float))}
 
 
 def log_hparams(loggers: list, cfg: DictConfig, metrics: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.errors import FerlabError
+from ferlab.runfiles import headline_metrics
 
 SKIP_DIRS = {"checkpoints", "tensorboard", ".submitit", "csv", "eval", "__pycache__"}
 METRIC_ORDER = {"acc": 0, "f1_macro": 1, "loss": 2}
@@ -101,10 +102,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def _flat_metrics(data: dict) -> dict[str, float]:
     """Best-epoch val/* (the tested checkpoint), test metrics without per-class F1, and run bookkeeping."""
-    picked = {}
-    for source in (data.get("final") or {}, data.get("best_epoch_metrics") or {}):  # the best epoch wins
-        picked.update({k: v for k, v in source.items() if k.startswith("val/")})
-    picked.update({k: v for k, v in (data.get("test") or {}).items() if "/f1/" not in k})
+    picked = headline_metrics(data)
     picked.update({k: data.get(k) for k in ("epochs", "wall_time_s")})
     return {k: _number(v) for k, v in picked.items() if _number(v) is not None}
 

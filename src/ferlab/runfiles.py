@@ -41,6 +41,16 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
+def headline_metrics(metrics: dict) -> dict[str, Any]:
+    """What a run is judged by: val/* of the best epoch (the checkpoint that was tested; the last epoch's where no
+    best was recorded) and the test metrics, per-class F1 left out. Shared by the summary, HPARAMS and reports."""
+    val = {}
+    for source in (metrics.get("final") or {}, metrics.get("best_epoch_metrics") or {}):  # the best epoch wins
+        val.update({k: v for k, v in source.items() if k.startswith("val/")})
+    test = {k: v for k, v in (metrics.get("test") or {}).items() if "/f1/" not in k}
+    return {k: d[k] for d in (val, test) for k in sorted(d)}
+
+
 def print_summary(metrics: dict, run_dir: Path) -> None:
     """A short table of the best validation and the test metrics, the run dir and the TensorBoard command."""
     from rich.console import Console
@@ -51,12 +61,8 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     table.add_column("value", justify="right")
     best = metrics.get("best", {})
     table.add_row(f"best {best.get('monitor', 'val')} (epoch {best.get('epoch')})", _fmt(best.get("score")))
-    for name, value in sorted(metrics.get("best_epoch_metrics", {}).items()):
-        if name.startswith("val/"):
-            table.add_row(name, _fmt(value))
-    for name, value in sorted(metrics.get("test", {}).items()):
-        if "/f1/" not in name:
-            table.add_row(name, _fmt(value))
+    for name, value in headline_metrics(metrics).items():
+        table.add_row(name, _fmt(value))
     console = Console(stderr=False)
     console.print(table)
     console.print(f"run dir: {run_dir}")

@@ -89,6 +89,15 @@ def compose_run(config_name: str, overrides: Sequence[str], run_dir: str | Path)
     return cfg
 
 
+def require_checkpoint(ckpt_path: Any) -> Path:
+    """The `ckpt_path` a task needs, given and a file; checked before heavy imports so mistakes answer at once."""
+    if not ckpt_path:
+        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
+    if not Path(str(ckpt_path)).is_file():
+        raise FerlabError(f"checkpoint not found: {ckpt_path}")
+    return Path(str(ckpt_path))
+
+
 class JobFailed(RuntimeError):
     """A sweep job's failure, re-raised as an ordinary exception so the sweep records it and goes on."""
 

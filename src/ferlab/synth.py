@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,28 +39,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _faces(args: argparse.Namespace, cover: bool = True):
+def _spec(args: argparse.Namespace) -> tuple:
+    return args.num_images, args.seed, args.difficulty, args.val_fraction, args.test_fraction
+
+
+@functools.cache
+def _render(spec: tuple, cover: bool = True):
+    """(images, labels, usage), rendered once per setting: `--format all` writes the same faces in every layout."""
     from ferlab.data.synthetic import SynthSpec, make_dataset
 
-    spec = SynthSpec(args.num_images, args.seed, args.difficulty, args.val_fraction, args.test_fraction)
-    return make_dataset(spec, cover_classes=cover)
+    return make_dataset(SynthSpec(*spec), cover_classes=cover)
+
+
+@functools.cache
+def _votes(spec: tuple):
+    """FER+ vote counts and image names for the rendered faces (both FER+ layouts share them)."""
+    from ferlab.data.writers import ferplus_votes
+
+    return ferplus_votes(_render(spec)[1], seed=spec[1])
 
 
 def _ferplus(out: Path, args: argparse.Namespace) -> None:
     from ferlab.data.synthetic import write_fer2013_csv
-    from ferlab.data.writers import ferplus_votes, write_ferplus_csv
+    from ferlab.data.writers import write_ferplus_csv
 
-    images, labels, usage = _faces(args)
-    votes, names = ferplus_votes(labels, seed=args.seed)
+    images, labels, usage = _render(_spec(args))
+    votes, names = _votes(_spec(args))
     write_fer2013_csv(out / "fer2013.csv", images, labels, usage)
     write_ferplus_csv(out / "fer2013new.csv", votes, usage, names)
 
 
 def _ferplus_folders(out: Path, args: argparse.Namespace) -> None:
-    from ferlab.data.writers import ferplus_votes, write_ferplus_folders
+    from ferlab.data.writers import write_ferplus_folders
 
-    images, labels, usage = _faces(args)
-    votes, names = ferplus_votes(labels, seed=args.seed)
+    images, labels, usage = _render(_spec(args))
+    votes, names = _votes(_spec(args))
     write_ferplus_folders(out, images, votes, usage, names)
 
 
@@ -68,12 +82,12 @@ def _writers() -> dict[str, Callable[[Path, argparse.Namespace], object]]:
     from ferlab.data.synthetic import write_fer2013_csv
 
     return {
-        "fer2013": lambda out, a: write_fer2013_csv(out, *_faces(a, cover=False)),
-        "icml": lambda out, a: w.write_icml_csv(out, *_faces(a)),
-        "train_test": lambda out, a: w.write_train_test_csvs(out, *_faces(a)),
+        "fer2013": lambda out, a: write_fer2013_csv(out, *_render(_spec(a), cover=False)),
+        "icml": lambda out, a: w.write_icml_csv(out, *_render(_spec(a))),
+        "train_test": lambda out, a: w.write_train_test_csvs(out, *_render(_spec(a))),
         "ferplus": _ferplus,
         "ferplus_folders": _ferplus_folders,
-        "fer2013_folders": lambda out, a: w.write_fer2013_folders(out, *_faces(a)),
+        "fer2013_folders": lambda out, a: w.write_fer2013_folders(out, *_render(_spec(a))),
         "fer5": lambda out, a: w.write_fer5_folders(out, a.num_images, a.seed, a.size, a.test_fraction),
     }
 

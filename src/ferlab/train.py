@@ -56,7 +56,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
     from ferlab.hparams import log_hparams
-    from ferlab.lit.callbacks import MetricsHistory
+    from ferlab.lit.callbacks import scalars
     from ferlab.lit.preemption import stoppable
     from ferlab.lit.resume import resolve_ckpt_path
     from ferlab.runfiles import print_summary, write_json
@@ -67,15 +67,12 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     parts = build(cfg)
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
     stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    final = _scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
+    final = scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
     test_metrics = {}
     if cfg.get("test") and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        history = next(c for c in trainer.callbacks if isinstance(c, MetricsHistory))
-        fitted = history.history  # testing a checkpoint reloads callback states: the history would end at it
         results = stoppable(trainer.test)(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                            weights_only=True)
-        history.history = fitted
         test_metrics = {k: v for r in results for k, v in r.items()}
     metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start)
     run_dir = Path(cfg.paths.output_dir)
@@ -88,10 +85,6 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             report_after_training(trainer, model, datamodule, run_dir)
         print_summary(metrics, run_dir)
     return metrics
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
 
 def collect_metrics(

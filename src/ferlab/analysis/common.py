@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ferlab.errors import FerlabError
 from ferlab.lit.restore import Restored, check_classes, restore
+from ferlab.runner import require_checkpoint
 
 
 @dataclass
@@ -81,8 +82,7 @@ def build_data(data_cfg: dict[str, Any], restored: Restored, batch_size: int | N
 
 def load(cfg: DictConfig) -> Loaded:
     """Restore `cfg.ckpt_path` (on CPU, weights only), build its data and move the network to `cfg.device`."""
-    if not cfg.get("ckpt_path"):
-        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
+    require_checkpoint(cfg.get("ckpt_path"))
     device = resolve_device(str(cfg.get("device", "auto")))
     restored = restore(cfg.ckpt_path, map_location="cpu")  # a GPU-trained checkpoint loads anywhere
     with open_dict(cfg):

@@ -201,8 +201,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_npz(path: Path, prototypes: Tensor, names: list[str]) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
-        np.savez(f, prototypes=prototypes.numpy(), class_names=np.array(names))
+    np.savez(path, prototypes=prototypes.numpy(), class_names=np.array(names))
 
 
 def prototypes_markdown(result: dict[str, Any], names: list[str]) -> str:

@@ -79,11 +79,7 @@ def _save(path: Path, key: str, data: FERData) -> None:
     blob = json.dumps(header, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     arrays["header"] = np.frombuffer(blob.encode(), dtype=np.uint8)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def _load(path: Path, key: str) -> tuple[FERData | None, str]:

@@ -227,10 +227,10 @@ class FERDataModule(pl.LightningDataModule):
         return torch.bincount(self.splits["train"][1], minlength=self.num_classes)
 
     def class_weights(self, power: float = 1.0) -> Tensor:
-        """(K,) inverse-frequency weights N / (K n_c) from the train split, raised to `power`; absent classes get 0."""
-        counts = self.class_counts.double()
-        weights = (counts.sum() / (self.num_classes * counts.clamp(min=1))) ** power
-        return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
+        """(K,) inverse-frequency weights from the train split: the ones `loss=weighted_ce` uses."""
+        from ferlab.lit.losses import inverse_frequency_weights
+
+        return inverse_frequency_weights(self.class_counts, power)
 
     def _eval_set(self, prefix: str) -> tuple[Tensor, Tensor]:
         """The images and targets a test prefix evaluates (several splits are concatenated)."""

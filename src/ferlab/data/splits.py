@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from ferlab.data.sources.base import SPLITS
+from ferlab.data.sources.base import SPLITS, check_choice
 from ferlab.errors import FerlabError
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,7 @@ def stratified_holdout(targets: np.ndarray, fraction: float, seed: int | list[in
 
 def resolve_policy(split: str | None, val_fraction: float | None) -> tuple[str, float | None]:
     """data.split and data.val_fraction together: null split means random exactly when val_fraction is set."""
-    policy = split or ("random" if val_fraction else "official")
-    if policy not in POLICIES:
-        raise FerlabError(f"data.split: expected one of {', '.join(POLICIES)}, got {split!r}")
+    policy = check_choice("data.split", split or ("random" if val_fraction else "official"), POLICIES)
     if policy == "official" and val_fraction:
         raise FerlabError("data.split=official uses the dataset's own validation split, but data.val_fraction is "
                           f"{val_fraction}; set data.split=random to carve validation from train, or val_fraction=null")

@@ -17,6 +17,7 @@ import numpy as np
 
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
+from ferlab.runner import require_checkpoint
 
 METADATA_KEY = "ferlab"  # ONNX metadata_props key / TorchScript extra file holding `model_metadata()`
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -174,8 +175,7 @@ def load_model(
     if backend not in LOADERS:
         raise FerlabError(f"backend: expected one of {', '.join(LOADERS)}, got {backend!r}")
     if backend == "torch":
-        if not ckpt_path:
-            raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
+        require_checkpoint(ckpt_path)
         return load_torch(Path(ckpt_path), color, device, threads)
     if not model_path and not ckpt_path:
         raise FerlabError(f"backend={backend} needs model_path=<file> or ckpt_path= (to find its export beside it)")

@@ -7,13 +7,13 @@ writes goes to a temporary file renamed into place, so a killed run never leaves
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ferlab.data.io import atomic_path
 from ferlab.errors import FerlabError
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
@@ -152,10 +152,7 @@ class AtomicVideoWriter:
         self.path, self.fps, self.fourcc = path, fps, FOURCC[ext]
         self.writer: Any = None
         self.frames = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=path.parent)  # ext picks the container
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self._atomic = atomic_path(path)  # a temporary file with the same extension (it picks the container)
 
     def write(self, frame: np.ndarray) -> None:
         """Append one BGR frame (all frames must have the first one's size)."""
@@ -169,13 +166,16 @@ class AtomicVideoWriter:
         self.frames += 1
 
     def __enter__(self) -> AtomicVideoWriter:
+        self.tmp = self._atomic.__enter__()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.writer is not None:
             self.writer.release()
-        if exc_type is None and self.frames:
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        if exc_type is None and not self.frames:  # no frame: no video; abort the write like an error would
+            exc_type, exc = _NoFrames, _NoFrames()
+        self._atomic.__exit__(exc_type, exc, tb)  # renames on success, removes the temporary file otherwise
+
+
+class _NoFrames(Exception):
+    """Aborts an AtomicVideoWriter that received no frame (never escapes it)."""

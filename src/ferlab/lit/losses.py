@@ -70,6 +70,15 @@ class OffTargetSmoothingCE(nn.Module):
         return soft_cross_entropy(logits, smoothed)
 
 
+def inverse_frequency_weights(counts: Tensor, power: float = 1.0) -> Tensor:
+    """(K,) float weights (N / (K_present n_c)) ** power from per-class image counts; an empty class gets 0."""
+    counts = torch.as_tensor(counts, dtype=torch.double)
+    present = counts > 0
+    weight = torch.zeros_like(counts)
+    weight[present] = (counts.sum() / (present.sum() * counts[present])) ** power
+    return weight.float()
+
+
 class ClassWeightedCE(nn.Module):
     """Cross entropy with per-class weights; by default (K / n_c normalized) from the train split's counts.
 
@@ -98,13 +107,10 @@ class ClassWeightedCE(nn.Module):
         """Derive the weights from (K,) training images per class (a class with no images gets weight 0)."""
         if self.fixed:
             return
-        counts = torch.as_tensor(counts, dtype=torch.float)
+        counts = torch.as_tensor(counts)
         if counts.shape != (self.num_classes,):
             raise ValueError(f"class counts must have shape ({self.num_classes},), got {tuple(counts.shape)}")
-        present = counts > 0
-        weight = torch.zeros_like(counts)
-        weight[present] = (counts.sum() / (present.sum() * counts[present])) ** self.power
-        self.weight = weight.to(self.weight.device)
+        self.weight = inverse_frequency_weights(counts, self.power).to(self.weight.device)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         q = as_distribution(target, logits.shape[1])

@@ -46,10 +46,11 @@ def _fields(line: str) -> list[str]:
     return next(csv.reader([line]))
 
 
-def read_text(path: Path) -> str:
-    """The file's text (read-only, BOM stripped); an unreadable or non-text file is a FerlabError."""
+def read_text(path: Path, first_line: bool = False) -> str:
+    """The file's text, or only its first line (read-only, BOM stripped); unreadable or non-text is a FerlabError."""
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        with path.open("rb") as f:
+            return (f.readline() if first_line else f.read()).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise FerlabError(f"{path}: not a text CSV file (undecodable byte at offset {e.start})") from None
     except OSError as e:

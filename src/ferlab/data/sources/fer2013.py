@@ -88,8 +88,8 @@ def decode_fer2013(table: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def check_test_csv(path: Path) -> None:
     """Kaggle's test.csv has no labels: say so before anything is parsed, instead of failing later."""
-    first = read_text(path).split("\n", 1)[0]
-    header = [h.strip().strip('"') for h in first.rstrip("\r").split(",")]
+    first = read_text(path, first_line=True)
+    header = [h.strip().strip('"') for h in first.rstrip("\r\n").split(",")]
     if "emotion" not in header:
         raise FerlabError(
             f"{path}: no 'emotion' column (found {header}): Kaggle's test.csv is unlabelled and cannot be a test "
