@@ -14,6 +14,7 @@ import numpy as np
 from ferlab.data.progress import progress
 from ferlab.data.sources.base import SPLITS, FERData, check_choice, count_splits, require_path, split_codes
 from ferlab.data.sources.csvfile import Table, parse_choice, parse_ints, parse_pixels, read_table, read_text
+from ferlab.data.sources.registry import register_source
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013
 
@@ -97,6 +98,7 @@ def check_test_csv(path: Path) -> None:
         )
 
 
+@register_source
 class Fer2013Csv(Fer2013Splits):
     """Kaggle's FER2013 CSVs. Classes in FER2013's id order (ferlab.labels.FER2013).
 

@@ -25,6 +25,7 @@ from ferlab.data.sources.base import (
 )
 from ferlab.data.sources.csvfile import Table, parse_choice, parse_ints, read_table
 from ferlab.data.sources.fer2013 import TEST_SETS, USAGE, Fer2013Splits, decode_fer2013
+from ferlab.data.sources.registry import register_source
 from ferlab.errors import FerlabError
 from ferlab.labels import FERPLUS, FERPLUS_EXTRA_COLUMNS
 
@@ -108,6 +109,7 @@ def _check_lined_up(votes: Table, fer: Table, fer_split: list[str], vote_split: 
                               f"{fer.cols['Usage'][i].strip()!r}: the vote rows do not line up with fer2013.csv")
 
 
+@register_source
 class FerPlus(Fer2013Splits):
     """FER+ labels on FER2013 images: 8 classes (ferlab.labels.FERPLUS); rows without an image name are skipped.
 

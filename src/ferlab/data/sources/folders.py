@@ -22,6 +22,7 @@ from ferlab.data.sources.base import (
     count_splits,
     require_path,
 )
+from ferlab.data.sources.registry import register_source
 from ferlab.errors import FerlabError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def list_images(folder: Path) -> tuple[list[Path], int]:
     return images, len(files) - len(images)
 
 
+@register_source
 class ImageFolders:
     """`root/<folder>/<Class>/*` for each folder in `splits`, decoded to `image_size` and `channels`.
 

@@ -6,11 +6,13 @@ import logging
 from pathlib import Path
 
 from ferlab.data.sources.fer2013 import Fer2013Csv
+from ferlab.data.sources.registry import register_source
 from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
 
 log = logging.getLogger(__name__)
 
 
+@register_source
 class SyntheticFer2013(Fer2013Csv):
     """`csv_path` is written once (atomically) from the spec; training then parses it like Kaggle's file.
 
