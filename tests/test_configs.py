@@ -38,8 +38,11 @@ def _check_model(cfg):
 
 
 def _check_optim(cfg):
-    opt = instantiate(cfg.optim)(params=torch.nn.Linear(2, 2).parameters())
-    assert isinstance(opt, torch.optim.Optimizer)
+    from ferlab.lit.finetune import optimizer_factory
+
+    factory, backbone_lr_mult = optimizer_factory(cfg.optim)  # backbone_lr_mult: ferlab's, not the optimizer's
+    opt = factory(params=torch.nn.Linear(2, 2).parameters())
+    assert isinstance(opt, torch.optim.Optimizer) and backbone_lr_mult > 0
 
 
 def _check_sched(cfg):

@@ -99,10 +99,16 @@ def test_draws_follow_the_seed_and_the_batch_device():
         assert aug(x.to(device)).device.type == device
 
 
+def _preset(name: str):
+    """conf/augment/<name>.yaml over the one it names in `defaults` (none.yaml), as Hydra composes them."""
+    cfg = OmegaConf.load(Path(CONF_DIR) / "augment" / f"{name}.yaml")
+    parents = [d for d in cfg.pop("defaults", []) if d != "_self_"]
+    return OmegaConf.merge(*(_preset(p) for p in parents), cfg)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_compose_and_keep_shape_and_range(preset):
-    cfg = OmegaConf.load(Path(CONF_DIR) / "augment" / f"{preset}.yaml")
-    aug = instantiate(cfg)
+    aug = instantiate(_preset(preset))
     x = _faces(16, c=3, size=40)
     y = aug(x)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
@@ -110,7 +116,7 @@ def test_presets_compose_and_keep_shape_and_range(preset):
 
 
 def test_report_presets_hold_the_reports_settings():
-    ops = {p: instantiate(OmegaConf.load(Path(CONF_DIR) / "augment" / f"{p}.yaml")).ops for p in PRESETS}
+    ops = {p: instantiate(_preset(p)).ops for p in PRESETS}
     r0 = {type(o).__name__: o for o in ops["report000"]}
     assert r0["RandomAffine"].degrees == 10 and r0["ColorJitter"].brightness == (0.8, 1.2) and r0["ColorJitter"].hue == 0.1
     r1 = {type(o).__name__: o for o in ops["report001"]}

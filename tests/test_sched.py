@@ -40,6 +40,17 @@ def test_multistep_decays_at_report003s_milestones(make_cfg):
     assert [lrs[i] for i in (9, 10, 19, 20, 49, 50)] == pytest.approx([1, 0.1, 0.1, 0.01, 0.01, 0.001])
 
 
+def test_delayed_step_is_wujies_decay_after_epoch_80(make_cfg):
+    lrs = _lrs(_sched(make_cfg, "sched=delayed_step"), 96, lr=0.01)  # x0.9 every 5 epochs from epoch 80
+    assert lrs[0] == lrs[84] == 0.01 and [lrs[85], lrs[89], lrs[90], lrs[95]] == pytest.approx(
+        [0.009, 0.009, 0.0081, 0.00729])
+
+
+def test_piecewise_is_barsoums_schedule(make_cfg):
+    lrs = _lrs(_sched(make_cfg, "sched=piecewise"), 60, lr=0.05)
+    assert [lrs[19], lrs[20], lrs[39], lrs[40], lrs[59]] == pytest.approx([0.05, 0.025, 0.025, 0.005, 0.005])
+
+
 def test_cosine_spans_max_epochs_and_shrinks_by_the_warmup(make_cfg):
     lrs = _lrs(_sched(make_cfg, "sched=cosine", "trainer.max_epochs=10"), 11)
     assert lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(0.0, abs=1e-12)

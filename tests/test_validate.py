@@ -28,6 +28,11 @@ BAD = [
     (["trainer.min_epochs=5", "trainer.max_epochs=2"], "trainer.min_epochs=5 is larger than trainer.max_epochs=2"),
     (["data=fer2013", "data.source.csv_path=/no/such/fer2013.csv"],
      "data.source.csv_path: /no/such/fer2013.csv does not exist"),
+    (["augment.crop=52"], "augment.crop=52 is larger than the model's input side data.image_size=48"),
+    (["augment.mixup.p=0.7", "augment.cutmix.p=0.5"], "augment.mixup.p=0.7 + augment.cutmix.p=0.5 is more than 1"),
+    (["augment.cutmix.alpha=0"], "augment.cutmix.alpha=0 (expected a number > 0)"),
+    (["optim.backbone_lr_mult=-1"], "optim.backbone_lr_mult=-1"),
+    (["callbacks=[ema,swa]"], "callbacks ema, swa all average the weights; keep one"),
 ]
 
 

@@ -17,25 +17,31 @@ log = logging.getLogger("ferlab.train")
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule, LightningModule, callbacks, loggers and trainer from a composed config."""
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.callbacks import BaseFinetuning, LearningRateMonitor
 
     from ferlab.lit import resilience
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.lit.classifier import Classifier
+    from ferlab.lit.finetune import optimizer_factory
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
+    optimizer, backbone_lr_mult = optimizer_factory(cfg.optim)
     model = Classifier(
         net=instantiate(cfg.model),
-        optimizer=instantiate(cfg.optim),
+        optimizer=optimizer,
         scheduler=instantiate(cfg.sched),
         loss=instantiate(cfg.loss),
         num_classes=cfg.data.num_classes,
         class_names=list(cfg.data.class_names),
         test_prefixes=list(datamodule.test_splits),
         config=OmegaConf.to_container(cfg, resolve=True),
+        backbone_lr_mult=backbone_lr_mult,
+        tta=instantiate(cfg.tta) if cfg.get("tta") else None,
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    # learning rates set at epoch start (BackboneFinetuning) before LearningRateMonitor logs them
+    callbacks.sort(key=lambda c: not isinstance(c, BaseFinetuning))
     callbacks += [MetricsHistory(), *resilience.callbacks(callbacks)]  # always on, whatever `callbacks=` says
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -79,6 +79,12 @@ RULES: tuple[Rule, ...] = (
     Rule("monitor_mode", lambda v: v in ("min", "max"), "min or max"),
     Rule("callbacks.*.monitor", _metric, "a metric logged during training (see `monitor`)", same_as="monitor"),
     Rule("sched.monitor", _metric, "a metric logged during training (see `monitor`)", same_as="monitor"),
+    Rule("optim.backbone_lr_mult", lambda v: _number(v) and v >= 0, "a number >= 0 (0: the backbone does not learn)"),
+    Rule("augment.crop", lambda v: v is None or (_int(v) and v >= 1), "null or a side in pixels >= 1"),
+    Rule("augment.mixup.alpha", lambda v: _number(v) and v > 0, "a number > 0"),
+    Rule("augment.cutmix.alpha", lambda v: _number(v) and v > 0, "a number > 0"),
+    Rule("augment.mixup.p", lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    Rule("augment.cutmix.p", lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
 )
 
 
@@ -119,6 +125,26 @@ def _epochs_order(cfg: DictConfig) -> Iterator[str]:
         yield f"trainer.min_epochs={lo} is larger than trainer.max_epochs={hi}"
 
 
+def _crop_and_mixing(cfg: DictConfig) -> Iterator[str]:
+    """A training crop must fit the model's input; one batch is mixed one way at most."""
+    crop, size = (OmegaConf.select(cfg, k, default=None) for k in ("augment.crop", "data.image_size"))
+    if _int(crop) and _int(size) and crop > size:
+        yield f"augment.crop={crop} is larger than the model's input side data.image_size={size}"
+    p_mix, p_cut = (OmegaConf.select(cfg, f"augment.{k}.p", default=0) for k in ("mixup", "cutmix"))
+    if _number(p_mix) and _number(p_cut) and p_mix + p_cut > 1:
+        yield f"augment.mixup.p={p_mix} + augment.cutmix.p={p_cut} is more than 1 (one of them per batch)"
+
+
+def _one_weight_average(cfg: DictConfig) -> Iterator[str]:
+    """EMA and SWA both swap averaged weights in for validation and checkpoints: one at a time."""
+    targets = {name: str(node.get("_target_", "")) for name, node in (cfg.get("callbacks") or {}).items()
+               if isinstance(node, DictConfig)}
+    averaging = sorted(n for n, t in targets.items() if t.startswith("ferlab.lit.averaging.") or
+                       t.endswith("WeightAveraging") or t.endswith("StochasticWeightAveraging"))
+    if len(averaging) > 1:
+        yield f"callbacks {', '.join(averaging)} all average the weights; keep one (callbacks.<name>=null)"
+
+
 def _gpus_present(cfg: DictConfig) -> Iterator[str]:
     """A GPU preset on a machine without one (torch is imported only for this check)."""
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
@@ -145,6 +171,8 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _rule_problems,
     _validation_disabled,
     _epochs_order,
+    _crop_and_mixing,
+    _one_weight_average,
     _gpus_present,
     lambda cfg: _source_paths(OmegaConf.select(cfg, "data.source", default=None), "data.source"),
 )

@@ -108,16 +108,17 @@ def report_after_training(trainer: Any, model: Any, datamodule: Any, run_dir: Pa
     Runs on the trainer's device; the confusion matrices go to the run's TensorBoard logger as images.
     """
     net, device = model.net, trainer.strategy.root_device
+    tta = getattr(model, "tta", None) or TestTimeAugment("none")  # the test steps' own (`tta=` of the train config)
     home = next(net.parameters()).device
     was_training = net.training
     net.eval().to(device)
     try:
-        reports = evaluate_sets(net, datamodule, split_sets(datamodule, "test"), device, TestTimeAugment("none"))
+        reports = evaluate_sets(net, datamodule, split_sets(datamodule, "test"), device, tta)
     finally:
         net.train(was_training).to(home)
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     report = build_report(reports, datamodule.class_names, checkpoint=ckpt or "(final weights)",
-                          data=datamodule.name, split="test", tta=TestTimeAugment("none"))
+                          data=datamodule.name, split="test", tta=tta)
     writers = [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_image")]
     paths = write_report(report, run_dir / "eval", writers)
     log.info("evaluation report: %s", paths[1])

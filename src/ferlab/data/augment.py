@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ferlab.data.mixing import BatchMix, mix_settings
+from ferlab.errors import FerlabError
 
 
 def _uniform(b: int, lo: float, hi: float, like: Tensor) -> Tensor:
@@ -32,16 +35,50 @@ def _where_drawn(b: int, p: float, out: Tensor, x: Tensor) -> Tensor:
 
 
 class BatchAugment(nn.Module):
-    """Ops applied in order; an empty list is the identity (`augment=none`)."""
+    """What training batches go through: `ops` in order at the images' own size (an empty list is the identity,
+    `augment=none`), then, at the model's input size, a random `crop` and batch mixing.
 
-    def __init__(self, ops: Sequence[nn.Module] = ()) -> None:
+    Args:
+        ops: per-image random ops on (B, C, H, W) floats in [0, 1].
+        crop: side of a random square window cut from each training image once it has the model's input size
+            (null: none). The network then trains on crop x crop inputs and is validated and tested on whole images;
+            `tta=ten_crop tta.crop_size=<crop> tta.resize=false` tests on ten such windows instead.
+        mixup, cutmix: `{alpha, p}` for `ferlab.data.mixing.BatchMix` (p 0: off).
+    """
+
+    def __init__(self, ops: Sequence[nn.Module] = (), crop: int | None = None, mixup: Mapping | None = None,
+                 cutmix: Mapping | None = None) -> None:
         super().__init__()
         self.ops = nn.ModuleList(ops)
+        if crop is not None and int(crop) < 1:
+            raise FerlabError(f"augment.crop must be a positive number of pixels or null, got {crop}")
+        self.crop = None if crop is None else int(crop)
+        mix_settings("mixup", mixup), mix_settings("cutmix", cutmix)  # bad values fail when the config is built
+        self.mixup, self.cutmix = dict(mixup or {}), dict(cutmix or {})
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) float in [0, 1]
         for op in self.ops:
             x = op(x)
         return x
+
+    def mixing(self, num_classes: int) -> BatchMix | None:
+        """The batch mixer for `num_classes` classes, or None when mixup and cutmix are both off."""
+        mixer = BatchMix(num_classes, self.mixup, self.cutmix)
+        return mixer if mixer.enabled else None
+
+
+def random_crop(x: Tensor, size: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, size, size): each image its own random window (one gather for the batch)."""
+    b, c, h, w = x.shape
+    if size > min(h, w):
+        raise FerlabError(f"augment.crop={size} does not fit the model's {h}x{w} input (data.image_size)")
+    if size == h == w:
+        return x
+    dy = torch.randint(0, h - size + 1, (b,), device=x.device)
+    dx = torch.randint(0, w - size + 1, (b,), device=x.device)
+    start = (dy * w + dx).view(b, 1)  # flat index of each window's top-left pixel
+    index = (start + _window(size, size, w, x.device)).view(b, 1, size * size).expand(b, c, size * size)
+    return x.flatten(2).gather(2, index).view(b, c, size, size)
 
 
 class RandomHorizontalFlip(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from ferlab.data.augment import BatchAugment
+from ferlab.data.augment import BatchAugment, random_crop
 from ferlab.data.cache import load_or_build
 from ferlab.data.clean import Cleaning, clean_train
 from ferlab.data.sources.base import SPLITS, TRAIN_TARGETS, FERData, Source, check_choice
@@ -111,6 +111,7 @@ class FERDataModule(pl.LightningDataModule):
         self.test_splits = {str(k): v if isinstance(v, str) else list(v) for k, v in chosen.items()}
         self.cleaning = clean if isinstance(clean, Cleaning) else Cleaning(**dict(clean or {}))
         self.augment = augment or BatchAugment()
+        self.mix = self.augment.mixing(num_classes)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.train_soft: Tensor | None = None
         self.train_kind = "index"
@@ -280,14 +281,24 @@ class FERDataModule(pl.LightningDataModule):
         return x
 
     def transform(self, x: Tensor, train: bool) -> Tensor:
-        """uint8 (B,C0,H0,W0) on any device -> normalized float (B,in_chans,S,S): augment, convert, normalize."""
+        """uint8 (B,C0,H0,W0) on any device -> normalized float (B,in_chans,S,S): augment, convert, normalize.
+
+        In training S is `augment.crop` when set (a random window of the model-size image), else image_size.
+        """
         x = x.to(torch.float32, copy=True).div_(255)  # a new tensor: the ops below may work in place
         if train:
             x = self.augment(x)
         x = self._to_model_space(x)  # a tensor of our own (the float copy or newer): normalize in place
+        if train and self.augment.crop is not None:
+            x = random_crop(x, self.augment.crop)
         return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, ...]:
+        """Training: (x, y), or with batch mixing (x, mixed (B, K) targets, the images' own class ids (B,))."""
         x, y = batch
         training = self.trainer is not None and self.trainer.training
-        return self.transform(x, train=training), y
+        x = self.transform(x, train=training)
+        if not training or self.mix is None:
+            return x, y
+        hard = y if y.ndim == 1 else y.argmax(1)  # FER+ distributions: the most-voted class, before mixing
+        return (*self.mix(x, y), hard)

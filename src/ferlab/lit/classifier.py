@@ -10,6 +10,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ferlab.analysis.tta import TestTimeAugment
+from ferlab.lit.finetune import build_optimizer
+
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(
@@ -29,6 +32,8 @@ class Classifier(pl.LightningModule):
         num_classes, class_names: from the data config.
         test_prefixes: metric prefix of each test dataloader, e.g. ["test"] or ["test_public", "test_private"].
         config: the resolved run config as plain containers, stored so eval/predict can rebuild the model.
+        backbone_lr_mult: the backbone's learning rate is the head's times this (`optim.backbone_lr_mult`).
+        tta: test-time augmentation applied in test steps (`tta=`), or None for one plain forward pass.
     """
 
     def __init__(
@@ -42,13 +47,17 @@ class Classifier(pl.LightningModule):
         class_names: Sequence[str],
         test_prefixes: Sequence[str] = ("test",),
         config: dict | None = None,
+        backbone_lr_mult: float = 1.0,
+        tta: TestTimeAugment | None = None,
     ) -> None:
         super().__init__()
         # plain containers only, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss"], logger=False)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss", "tta"], logger=False)
         self.net = net
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.backbone_lr_mult = backbone_lr_mult
+        self.tta = tta if tta is not None and tta.mode != "none" else None
         self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = _metrics(num_classes, "val")
         self.test_prefixes = list(test_prefixes)
@@ -62,6 +71,11 @@ class Classifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The network without its head: what `BackboneFinetuning` freezes and `backbone_lr_mult` slows down."""
+        return nn.ModuleList([m for name, m in self.net.named_children() if name != "head"])
+
     def setup(self, stage: str) -> None:
         # a loss that weighs classes (loss=weighted_ce) learns the train split's counts once the data is loaded
         dm = getattr(self.trainer, "datamodule", None)
@@ -73,11 +87,12 @@ class Classifier(pl.LightningModule):
         """Class ids for metrics: distributions (B, K) reduce to their most-voted class."""
         return y.argmax(1) if y.ndim == 2 else y
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        # (x, y) or, with batch mixing, (x, mixed soft targets (B, K), the images' own class ids (B,))
+        x, y, *hard = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
-        self.train_metrics(logits.argmax(1), self.hard_targets(y))
+        self.train_metrics(logits.argmax(1), hard[0] if hard else self.hard_targets(y))
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
         self.log("train/acc", self.train_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
@@ -92,9 +107,14 @@ class Classifier(pl.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
-        logits, prefix = self(x), self.test_prefixes[dataloader_idx]
-        y = self.hard_targets(y)
-        self.test_loss[dataloader_idx].update(nn.functional.cross_entropy(logits, y), weight=len(x))
+        prefix, y = self.test_prefixes[dataloader_idx], self.hard_targets(y)
+        if self.tta is None:
+            logits = self(x)
+            loss = nn.functional.cross_entropy(logits, y)
+        else:  # the views' averaged softmax: metrics take probabilities as they take logits
+            logits = self.tta(self.net, x)
+            loss = nn.functional.nll_loss(logits.clamp_min(1e-12).log(), y)
+        self.test_loss[dataloader_idx].update(loss, weight=len(x))
         self.log(f"{prefix}/loss", self.test_loss[dataloader_idx], add_dataloader_idx=False, batch_size=len(x))
         self.test_metrics[dataloader_idx].update(logits, y)
         self.test_f1[dataloader_idx].update(logits, y)
@@ -113,6 +133,6 @@ class Classifier(pl.LightningModule):
             checkpoint["ferlab_normalization"] = {"mean": dm.mean.flatten().tolist(), "std": dm.std.flatten().tolist()}
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult)
         schedule = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -101,7 +101,8 @@ class ClassWeightedCE(nn.Module):
         initial = torch.tensor(list(weights), dtype=torch.float) if weights is not None else torch.ones(num_classes)
         if (initial < 0).any():
             raise ValueError(f"loss.weights must be non-negative, got {initial.tolist()}")
-        self.register_buffer("weight", initial, persistent=False)  # rebuilt each run; not in checkpoints
+        # a plain attribute, not a buffer: rebuilt each run, not in checkpoints, and not averaged as a buffer by EMA/SWA
+        self.weight = initial
 
     def set_class_counts(self, counts: Tensor) -> None:
         """Derive the weights from (K,) training images per class (a class with no images gets weight 0)."""
@@ -110,10 +111,12 @@ class ClassWeightedCE(nn.Module):
         counts = torch.as_tensor(counts)
         if counts.shape != (self.num_classes,):
             raise ValueError(f"class counts must have shape ({self.num_classes},), got {tuple(counts.shape)}")
-        self.weight = inverse_frequency_weights(counts, self.power).to(self.weight.device)
+        self.weight = inverse_frequency_weights(counts, self.power)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         q = as_distribution(target, logits.shape[1])
         if self.label_smoothing:
             q = q * (1.0 - self.label_smoothing) + self.label_smoothing / q.shape[1]
+        if self.weight.device != logits.device:  # moved once: the module's .to() does not move plain tensors
+            self.weight = self.weight.to(logits.device)
         return soft_cross_entropy(logits, q, self.weight)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from ferlab.errors import FerlabError
+
 AnyScheduler = LRScheduler | ReduceLROnPlateau
 
 
@@ -99,3 +101,38 @@ class Schedule:
         if plateau:
             config["monitor"] = self.monitor
         return config
+
+
+class DelayedStepLR(LRScheduler):
+    """lr x gamma every `step_size` epochs once `start_epoch` is reached: lr_e = lr * gamma ** (max(0, e - start) //
+    step_size). With start_epoch 0 it is StepLR; WuJie's FER2013 recipe decays x0.9 every 5 epochs after epoch 80."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, step_size: int, gamma: float = 0.1, start_epoch: int = 0,
+                 last_epoch: int = -1) -> None:
+        if step_size < 1 or start_epoch < 0 or gamma <= 0:
+            raise FerlabError(f"sched.scheduler: step_size >= 1, start_epoch >= 0 and gamma > 0 expected, got {step_size}, "
+                             f"{start_epoch}, {gamma}")
+        self.step_size, self.gamma, self.start_epoch = step_size, gamma, start_epoch
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        decays = max(0, self.last_epoch - self.start_epoch) // self.step_size
+        return [base * self.gamma**decays for base in self.base_lrs]
+
+
+class PiecewiseLR(LRScheduler):
+    """A constant factor of the initial lr per range of epochs: `factors[i]` from `milestones[i-1]` on (factors has
+    one more entry than milestones). Barsoum's FER+ schedule 0.05 -> 0.025 (epoch 20) -> 0.005 (epoch 40) is
+    milestones [20, 40], factors [1.0, 0.5, 0.1]; unlike MultiStepLR, each step may change the rate by its own factor."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: list[int], factors: list[float],
+                 last_epoch: int = -1) -> None:
+        if len(factors) != len(milestones) + 1 or list(milestones) != sorted(milestones) or min(factors) <= 0:
+            raise FerlabError(f"sched.scheduler: increasing milestones and one more positive factor expected, got {milestones}, "
+                             f"{factors}")
+        self.milestones, self.factors = list(milestones), list(factors)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        index = sum(self.last_epoch >= m for m in self.milestones)
+        return [base * self.factors[index] for base in self.base_lrs]
