@@ -22,21 +22,21 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def on_meta(build, **kwargs) -> nn.Module:
+def on_meta(build, *args, **kwargs) -> nn.Module:
     with torch.device("meta"):
-        return build(**kwargs)
+        return build(*args, **kwargs)
 
 
 @pytest.mark.parametrize("name, count", [("resnet18", 11_689_512), ("resnet34", 21_797_672),
                                          ("resnext50_32x4d", 25_028_904), ("vgg19_bn", 143_678_248)])
 def test_imagenet_shape_parameter_counts(name: str, count: int):
-    ours = on_meta(create_model, name=name, in_chans=3, num_classes=1000)
+    ours = on_meta(create_model, name, in_chans=3, num_classes=1000)
     assert n_params(ours) == count == n_params(on_meta(getattr(torchvision.models, name)))
 
 
 @pytest.mark.parametrize("name", ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19"])
 def test_vgg_variants_have_torchvision_layer_shapes(name: str):
-    ours, ref = on_meta(create_model, name=name), on_meta(getattr(torchvision.models, name))
+    ours, ref = on_meta(create_model, name), on_meta(getattr(torchvision.models, name))
     assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in ref.parameters()]
 
 

@@ -38,6 +38,6 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name."""
+def create_model(name: str, /, **kwargs) -> nn.Module:
+    """Build a registered model by name (positional: `model=timm` has a `name` argument of its own)."""
     return get_builder(name)(**kwargs)
