@@ -44,6 +44,27 @@ RECIPES = {
         "model.blocks": 3, "model.layers": 5, "model.channels": 36, "model.block_drop_rate": 0.05,
         "optim._target_": "torch.optim.Adam"},
     "report004_lenet7_ferplus": {"data.num_classes": 8, "model._target_": "ferlab.models.small.lenet7"},
+    # the published best recipes (experiments/README.md, "Published recipes")
+    "fer2013_vgg19_wujie": {
+        "model._target_": "ferlab.models.vgg.vgg19_fer48", "augment.crop": 44, "optim._target_": "torch.optim.SGD",
+        "optim.lr": 0.01, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "data.batch_size": 128,
+        "sched.scheduler._target_": "ferlab.lit.sched.DelayedStepLR", "sched.scheduler.start_epoch": 80,
+        "sched.scheduler.step_size": 5, "sched.scheduler.gamma": 0.9, "trainer.max_epochs": 250,
+        "trainer.gradient_clip_val": 0.1, "trainer.gradient_clip_algorithm": "value", "tta.mode": "ten_crop",
+        "tta.crop_size": 44, "tta.resize": False},
+    "fer2013_vgg_khaireddin": {
+        "model._target_": "ferlab.models.vgg.vgg_khaireddin", "augment.crop": 40, "optim.nesterov": True,
+        "optim.momentum": 0.9, "optim.weight_decay": 1e-4, "optim.lr": 0.01, "data.batch_size": 64,
+        "trainer.max_epochs": 300, "sched.scheduler._target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "sched.scheduler.factor": 0.75, "sched.scheduler.patience": 5, "tta.mode": "ten_crop", "tta.crop_size": 40},
+    "ferplus_vgg13_barsoum": {
+        "data.name": "ferplus", "model._target_": "ferlab.models.vgg.vgg13_barsoum", "data.image_size": 64,
+        "data.batch_size": 32, "optim.lr": 0.05, "optim.momentum": 0.9, "trainer.max_epochs": 100,
+        "sched.scheduler.milestones": [20, 40], "sched.scheduler.factors": [1.0, 0.5, 0.1]},
+    "fer2013_resnet18_imagenet": {
+        "model._target_": "ferlab.models.resnet.resnet18", "model.pretrained": "imagenet", "data.in_chans": 3,
+        "data.image_size": 224, "data.mean": [0.485, 0.456, 0.406], "data.std": [0.229, 0.224, 0.225],
+        "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch": 1},
 }
 
 # ablation -> (the swept overrides' values in job order, {dotted key: values it takes in the composed jobs})
