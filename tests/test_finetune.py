@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -142,3 +143,12 @@ def test_training_crops_a_window_and_evaluation_sees_the_whole_image(make_cfg):
     assert train.shape == (4, 1, 40, 40) and evaluation.shape == (4, 1, 48, 48)
     for crop, image in zip(train, evaluation, strict=True):  # each crop is a window of its own image
         assert any(torch.equal(crop, image[:, i:i + 40, j:j + 40]) for i in range(9) for j in range(9))
+
+
+def test_a_crop_trained_run_is_tested_on_ten_crops(make_cfg):
+    cfg = make_cfg(*TINY, "trainer.max_epochs=1", "augment.crop=40", "tta=ten_crop", "tta.crop_size=40",
+                   "tta.resize=false", "test=true", "trainer.limit_test_batches=1")
+    metrics = run_train(cfg)
+    report = json.loads((Path(cfg.paths.output_dir) / "eval" / "report.json").read_text())
+    assert report["tta"] == {"mode": "ten_crop", "views": 10, "crop_size": 40, "resize": False}
+    assert 0 <= metrics["test"]["test/acc"] <= 1 and metrics["test"]["test/loss"] > 0
