@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # top-level modules that may keep their own initialisation (shapes differ, or the source has none)
 OPTIONAL = {"stem": "stem", "mlp": "classifier layers", "fusion": "feature fusion", "head": "head"}
-SUFFIXES = (".pth", ".pt", ".safetensors")
+SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")  # .bin: torch.save files as on the Hugging Face hub
 
 # torchvision prefix -> ferlab prefix, applied once per key (first match); keys already in ferlab's names pass
 Renames = Callable[[nn.Module], list[tuple[str, str]]]
@@ -115,7 +115,7 @@ def load_weights(net: nn.Module, state_dict: Mapping[str, Tensor], source: str) 
 
 
 def read_state_dict(path: str | Path, key: str = "model.pretrained") -> dict[str, Tensor]:
-    """A state dict from a .pth/.pt (torch.save, weights only; {"state_dict": ...} unwrapped) or .safetensors file."""
+    """A state dict from a .pth/.pt/.bin (torch.save, weights only; {"state_dict": ...} unwrapped) or .safetensors file."""
     path = Path(path).expanduser()
     if path.suffix not in SUFFIXES:
         raise FerlabError(f"{key}={path}: expected imagenet, null or a {', '.join(SUFFIXES)} file")

@@ -115,7 +115,8 @@ def _offline_hint(timm: Any, name: str) -> str:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         file = cfg.get("hf_hub_filename") or "model.safetensors"
-        return (f"on a connected machine it downloads once into {HF_HUB_CACHE}; offline, get {file} from "
+        other = "" if cfg.get("hf_hub_filename") else " (or pytorch_model.bin)"
+        return (f"on a connected machine it downloads once into {HF_HUB_CACHE}; offline, get {file}{other} from "
                 f"https://huggingface.co/{cfg['hf_hub_id']} and set model.pretrained=/path/to/{file}")
     if cfg.get("url"):
         folder = Path(torch.hub.get_dir()) / "checkpoints"
