@@ -14,7 +14,8 @@ torchvision's keys to ferlab's modules and calls `load_weights`, which `init_fro
   when one of their tensors has another shape or is not in the source (the head when num_classes differs, the
   stem with stem=small); source tensors of these modules that the network lacks are dropped;
 - anything else missing, unexpected or of another shape means the weights belong to another network: one
-  FerlabError naming the first mismatched keys.
+  FerlabError naming the first mismatched keys (batch norm's `num_batches_tracked` counters, absent from files
+  older than PyTorch 0.4.1 such as torchvision's VGG weights, are not needed and not counted).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def load_weights(net: nn.Module, state_dict: Mapping[str, Tensor], source: str) 
     problems: dict[str, list[str]] = {}  # top-level module -> mismatches
     for key, mine in target.items():
         theirs = state_dict.get(key)
-        if theirs is None:
+        if theirs is None and key.endswith(".num_batches_tracked"):  # files from before PyTorch 0.4.1 lack it
+            report.total -= 1
+        elif theirs is None:
             problems.setdefault(key.split(".")[0], []).append(f"{key} not in the source")
         elif theirs.shape == mine.shape:
             copied[key] = theirs
