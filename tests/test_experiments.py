@@ -65,6 +65,12 @@ RECIPES = {
         "model._target_": "ferlab.models.resnet.resnet18", "model.pretrained": "imagenet", "data.in_chans": 3,
         "data.image_size": 224, "data.mean": [0.485, 0.456, 0.406], "data.std": [0.229, 0.224, 0.225],
         "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch": 1},
+    "report004_pretrain": {
+        "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.01,
+        "augment.ops.3._target_": "ferlab.data.augment.RandomErasing", "init_from": None, "trainer.max_epochs": 30},
+    "report004_finetune": {
+        "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.0001,
+        "init_from": "last:report004_pretrain", "augment.ops.1._target_": "ferlab.data.augment.RandomAffine"},
 }
 
 # ablation -> (the swept overrides' values in job order, {dotted key: values it takes in the composed jobs})

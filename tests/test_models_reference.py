@@ -34,6 +34,17 @@ def test_imagenet_shape_parameter_counts(name: str, count: int):
     assert n_params(ours) == count == n_params(on_meta(getattr(torchvision.models, name)))
 
 
+# the recipes' networks as their code builds them: microsoft/FERPlus VGG13 (1x64x64, 8 classes; conv biases, no BN),
+# usef-kh/fer Vgg (1x40x40 crops, 7 classes; 512x2x2 into lin1)
+@pytest.mark.parametrize("name, classes, side, count", [("vgg13_barsoum", 8, 64, 8_757_704),
+                                                        ("vgg_khaireddin", 7, 40, 29_890_759)])
+def test_recipe_networks_have_their_codes_parameter_count(name: str, classes: int, side: int, count: int):
+    net = create_model(name, in_chans=1, num_classes=classes).eval()
+    assert n_params(net) == count
+    with torch.no_grad():  # the pooled grid is already pool_size x pool_size at their input size: pooling is identity
+        assert net.stages(torch.zeros(1, 1, side, side)).shape[-1] == net.pool_size
+
+
 @pytest.mark.parametrize("name", ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19"])
 def test_vgg_variants_have_torchvision_layer_shapes(name: str):
     ours, ref = on_meta(create_model, name), on_meta(getattr(torchvision.models, name))

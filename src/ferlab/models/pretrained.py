@@ -14,7 +14,8 @@ torchvision's keys to ferlab's modules and calls `load_weights`, which `init_fro
   when one of their tensors has another shape or is not in the source (the head when num_classes differs, the
   stem with stem=small); source tensors of these modules that the network lacks are dropped;
 - anything else missing, unexpected or of another shape means the weights belong to another network: one
-  FerlabError naming the first mismatched keys.
+  FerlabError naming the first mismatched keys (batch norm's `num_batches_tracked` counters, absent from files
+  older than PyTorch 0.4.1 such as torchvision's VGG weights, are not needed and not counted).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # top-level modules that may keep their own initialisation (shapes differ, or the source has none)
 OPTIONAL = {"stem": "stem", "mlp": "classifier layers", "fusion": "feature fusion", "head": "head"}
-SUFFIXES = (".pth", ".pt", ".safetensors")
+SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")  # .bin: torch.save files as on the Hugging Face hub
 
 # torchvision prefix -> ferlab prefix, applied once per key (first match); keys already in ferlab's names pass
 Renames = Callable[[nn.Module], list[tuple[str, str]]]
@@ -87,7 +88,9 @@ def load_weights(net: nn.Module, state_dict: Mapping[str, Tensor], source: str) 
     problems: dict[str, list[str]] = {}  # top-level module -> mismatches
     for key, mine in target.items():
         theirs = state_dict.get(key)
-        if theirs is None:
+        if theirs is None and key.endswith(".num_batches_tracked"):  # files from before PyTorch 0.4.1 lack it
+            report.total -= 1
+        elif theirs is None:
             problems.setdefault(key.split(".")[0], []).append(f"{key} not in the source")
         elif theirs.shape == mine.shape:
             copied[key] = theirs
@@ -115,7 +118,7 @@ def load_weights(net: nn.Module, state_dict: Mapping[str, Tensor], source: str) 
 
 
 def read_state_dict(path: str | Path, key: str = "model.pretrained") -> dict[str, Tensor]:
-    """A state dict from a .pth/.pt (torch.save, weights only; {"state_dict": ...} unwrapped) or .safetensors file."""
+    """A state dict from a .pth/.pt/.bin (torch.save, weights only; {"state_dict": ...} unwrapped) or .safetensors file."""
     path = Path(path).expanduser()
     if path.suffix not in SUFFIXES:
         raise FerlabError(f"{key}={path}: expected imagenet, null or a {', '.join(SUFFIXES)} file")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.layers import check_rate
-from ferlab.models.pretrained import SUFFIXES, LoadReport
+from ferlab.models.pretrained import SUFFIXES, LoadReport, read_state_dict
 from ferlab.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def _offline_hint(timm: Any, name: str) -> str:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         file = cfg.get("hf_hub_filename") or "model.safetensors"
-        return (f"on a connected machine it downloads once into {HF_HUB_CACHE}; offline, get {file} from "
+        other = "" if cfg.get("hf_hub_filename") else " (or pytorch_model.bin)"
+        return (f"on a connected machine it downloads once into {HF_HUB_CACHE}; offline, get {file}{other} from "
                 f"https://huggingface.co/{cfg['hf_hub_id']} and set model.pretrained=/path/to/{file}")
     if cfg.get("url"):
         folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -133,6 +134,14 @@ def _create(timm: Any, name: str, pretrained: bool | str | None, img_size: int |
         if "img_size" not in str(e):
             raise FerlabError(f"model=timm {name}: {e}") from None
     return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+
+
+def _mismatch(timm: Any, name: str, path: str, in_chans: int) -> str:
+    """The first names that differ between a weight file and the architecture."""
+    keys, theirs = list(timm.create_model(name, in_chans=in_chans).state_dict()), list(read_state_dict(path))
+    found = [f"{k} not in the file" for k in keys if k not in theirs]  # in the network's order: stem first
+    found += [f"file tensor {k} has no place here" for k in theirs if k not in keys]
+    return "; ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
 
 
 def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_classes: int) -> LoadReport:
@@ -181,7 +190,10 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
         if pretrained is True:
             raise FerlabError(f"model.pretrained=true: timm cannot fetch {name}'s weights ({reason}); "
                               f"{_offline_hint(lib, name)}") from None
-        raise FerlabError(f"model=timm {name}{f' with {pretrained}' if pretrained else ''}: {reason}") from None
+        if pretrained:
+            reason = _mismatch(lib, name, str(pretrained), in_chans) or reason
+            raise FerlabError(f"{pretrained} does not fit timm {name}: {reason}") from None
+        raise FerlabError(f"model=timm {name}: {reason}") from None
     net = TimmNet(body, drop_rate)
     if pretrained:
         net.load_report = _report(net, name, pretrained, in_chans, num_classes)
