@@ -247,3 +247,15 @@ def test_task_modules_stay_light_and_help_answers(tmp_path):
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr[-2000:]
     r = run_cli("predict", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "== ferlab predict ==" in r.stdout and "detector: haar, haar_fast, none" in r.stdout
+
+
+def test_a_synthetic_trained_model_says_what_it_can_do(ckpt, photo, tmp_path, capsys):
+    """One note on stderr when the checkpoint was trained on data=synthetic, none for a real dataset."""
+    run_predict(predict_cfg(tmp_path / "a", f"ckpt_path={ckpt}", f"input={photo}", "progress=false"))
+    err = capsys.readouterr().err
+    assert err.count("trained on ferlab's synthetic faces") == 1 and "data=fer2013" in err
+    real = torch.load(ckpt, weights_only=True, map_location="cpu")
+    real["hyper_parameters"]["config"]["data"]["name"] = "fer2013"
+    torch.save(real, tmp_path / "real.ckpt")
+    run_predict(predict_cfg(tmp_path / "b", f"ckpt_path={tmp_path / 'real.ckpt'}", f"input={photo}", "progress=false"))
+    assert "synthetic" not in capsys.readouterr().err

@@ -54,18 +54,16 @@ def _check(cfg: DictConfig) -> Path:
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect and classify every face of `cfg.input`; write the results; return the summary and paths."""
-    from hydra.utils import instantiate
     from rich.progress import Progress
 
-    from ferlab.infer.backends import load_model
     from ferlab.infer.pipeline import Job, predict_file, predict_folder
-    from ferlab.infer.predictor import Predictor
     from ferlab.infer.records import PredictionLog
+    from ferlab.infer.setup import build_predictor
 
     source = _check(cfg)
     out = output_dir(cfg)
-    model = load_model(cfg.ckpt_path, cfg.backend, cfg.model_path, cfg.color, cfg.device, int(cfg.threads))
-    predictor = Predictor(model, instantiate(cfg.detector))
+    predictor = build_predictor(cfg)
+    model = predictor.model
     records = PredictionLog(model.class_names, {
         "backend": model.backend, "path": str(model.source), "input": model.spec.to_dict(),
         "detector": OmegaConf.to_container(cfg.detector, resolve=True),

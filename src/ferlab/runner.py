@@ -98,6 +98,13 @@ def require_checkpoint(ckpt_path: Any) -> Path:
     return Path(str(ckpt_path))
 
 
+def user_model(cfg: DictConfig) -> dict[str, Any] | None:
+    """The user's own model config (`+model._target_=...` on eval/predict/export/explain/demo): trusted like
+    any config the user composes, for a network outside ferlab's registry; None rebuilds the checkpoint's own."""
+    chosen = cfg.get("model")
+    return OmegaConf.to_container(chosen, resolve=True) if chosen else None
+
+
 class JobFailed(RuntimeError):
     """A sweep job's failure, re-raised as an ordinary exception so the sweep records it and goes on."""
 
