@@ -67,6 +67,10 @@ def test_user_option_shadowing_ferlabs_is_one_line(tmp_path):
     (tmp_path / "conf" / "model" / "resnet18.yaml").write_text(MODEL)
     line = _one_error_line(run_cli("train", "--cfg", "job", cwd=tmp_path))
     assert "conf/model/resnet18.yaml shadows ferlab's model=resnet18" in line
+    for name in ("train.yaml", "paths/default.yaml"):  # ./conf of another ferlab checkout than the one imported
+        (tmp_path / "conf" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "conf" / name).write_text("seed: 1\n")
+    assert "is another ferlab's own config folder" in _one_error_line(run_cli("train", "--cfg", "job", cwd=tmp_path))
 
 
 def test_compose_run_reads_the_users_folder(tmp_path):

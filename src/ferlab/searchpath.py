@@ -40,6 +40,9 @@ def check_user_dir(folder: Path, given_by: str) -> None:
     """A user config folder exists and only adds to ferlab's configs; else one FerlabError naming the file."""
     if not folder.is_dir():
         raise FerlabError(f"config folder not found: {folder} (from {given_by})")
+    if all((folder / name).is_file() for name in ("train.yaml", "paths/default.yaml")):  # a ferlab checkout's conf/
+        raise FerlabError(f"{folder} is another ferlab's own config folder, while this ferlab reads {conf_root()}: "
+                          f"run the ferlab of that checkout (PYTHONPATH=src) or start from another folder")
     for path in sorted(folder.rglob("*.yaml")):
         rel = path.relative_to(folder)
         if (conf_root() / rel).is_file():
