@@ -15,11 +15,12 @@ TASKS: dict[str, tuple[str, str]] = {
     "export": ("ferlab.export", "export a checkpoint to ONNX or TorchScript with a parity check"),
     "eval": ("ferlab.evaluate", "per-class report and confusion matrix of a checkpoint (ckpt_path=... [split=] [tta=])"),
     "explain": ("ferlab.explain", "saliency, Grad-CAM, filters, misclassified images, prototypes (ckpt_path=... method=...)"),
+    "init": ("ferlab.starter", "write a starter project: your own conf/ (an experiment, local data paths) [DIR]"),
 }
 
 HYDRA_FLAG_CONFLICT = "Only one of --run, --multirun, --cfg, --info"
 
-USAGE = """usage: ferlab <command> [overrides...]
+USAGE = """usage: ferlab <command> [overrides...]  |  ferlab --version
 
 Facial expression recognition experiments, configured with Hydra.
 
@@ -27,6 +28,7 @@ commands:
 {commands}
 
 `ferlab <command> --help` shows that command's options (for Hydra commands: the config groups).
+Your own configs: ./conf in the current folder (or --config-dir DIR) adds to ferlab's; see `ferlab init`.
 `python -m ferlab <command>` does the same."""
 
 
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         sys.exit(0 if argv else 2)
+    if argv[0] in ("--version", "-V"):
+        from ferlab.version import version_string
+
+        print(f"ferlab {version_string()}")
+        sys.exit(0)
     name, rest = argv[0], argv[1:]
     if name not in TASKS:
         print(f"ferlab: error: unknown command {name!r}; choose from {', '.join(TASKS)}", file=sys.stderr)

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ferlab import labels
 from ferlab.errors import FerlabError
+from ferlab.searchpath import conf_root, user_searchpath_overrides, with_user_configs
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(conf_root())  # ferlab's own configs, inside the package; user folders come after (searchpath.py)
 log = logging.getLogger("ferlab")
 
 
@@ -68,9 +69,12 @@ def _job_dir(cfg: DictConfig) -> Path | None:
     return Path(out) if out else output_dir()
 
 
-def compose_run(config_name: str, overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
+def compose_run(
+    config_name: str, overrides: Sequence[str], run_dir: str | Path, config_dir: str | Path | None = None
+) -> DictConfig:
     """conf/<config_name>.yaml composed in-process as `ferlab <task>` would compose it, with `run_dir` as the
-    run directory: for notebooks, tests and benchmarks calling `run_train(cfg)` and friends directly."""
+    run directory: for notebooks, tests and benchmarks calling `run_train(cfg)` and friends directly.
+    `config_dir`: the user's config folder (default: ./conf when the current folder has one)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -78,7 +82,8 @@ def compose_run(config_name: str, overrides: Sequence[str], run_dir: str | Path)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+        overrides = user_searchpath_overrides([f"hydra.run.dir={run_dir}", *overrides], config_dir)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
         cfg.hydra.job.num = 0
@@ -179,6 +184,6 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
         def main(cfg: DictConfig) -> Any:
             return guarded(fn, cfg)
 
-        return main
+        return with_user_configs(main)
 
     return decorate

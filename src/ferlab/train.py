@@ -92,6 +92,7 @@ def collect_metrics(
 ) -> dict[str, Any]:
     """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths."""
     from ferlab.lit.callbacks import MetricsHistory
+    from ferlab.version import version_info
 
     history = next(c for c in trainer.callbacks if isinstance(c, MetricsHistory)).history
     ckpt = trainer.checkpoint_callback
@@ -110,6 +111,7 @@ def collect_metrics(
         "dataset": {"name": datamodule.name, "sizes": datamodule.sizes, "meta": datamodule.meta},
         "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(ckpt)},
         "history": history,
+        "ferlab": version_info(),  # the code that made this result: version, and git commit from a checkout
     }
 
 

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ferlab.version import version_info
+
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(
@@ -107,6 +109,7 @@ class Classifier(pl.LightningModule):
             f1.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ferlab_version"] = version_info()  # plain strings and bools: weights_only loadable
         # the normalization actually used ("auto" is measured on train), so restore() feeds inputs alike
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "mean"):
