@@ -82,6 +82,14 @@ def test_multirun_over_two_values_makes_two_run_dirs(tmp_path):
     assert "seed=1" in (runs[0] / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_default_train_output_has_no_lightning_tip_and_no_flops_column(tmp_path):
+    r = run_cli("train", *[a for a in TINY if not a.startswith("callbacks.")], cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Trainable params" in out and "│ net " in out  # the model summary is still printed...
+    assert "FLOPs" not in out and "litlogger" not in out and "TPU available" not in out  # ...without the noise
+
+
 def test_two_runs_started_together_get_different_dirs(tmp_path):
     args = [sys.executable, "-m", "ferlab", "train", *TINY]
     env = {"FERLAB_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
