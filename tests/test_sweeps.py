@@ -14,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from ferlab.sweep import NO_DATA_HINT
 from tests.conftest import run_cli
 
 TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -87,10 +88,18 @@ def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
     for job, kind in (("0", "FerlabError"), ("2", "FerlabError"), ("3", "SystemExit")):
         assert json.loads((sweep / job / "failed.json").read_text())["type"] == kind
     assert "3 of 4 jobs failed" in r.stderr and "data.batch_size=0" in r.stderr and "SystemExit: 3" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and NO_DATA_HINT not in r.stderr  # not all of them for missing data
     data = _report_json(sweep)
     assert len(data["rows"]) == 1 and len(data["failed"]) == 3
     assert "### Failed runs" in (sweep / "report.md").read_text()
+
+
+def test_a_sweep_failing_only_for_missing_datasets_hints_at_synthetic_data(tmp_path):
+    # the Lightning-Hydra template's habit on a fresh clone: its experiments with debug=fdr, no dataset on disk
+    r = run_cli("train", "-m", "experiment=report001_resnet18_fer2013,report004_lenet7_ferplus", "debug=fdr",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr and "fer2013.csv does not exist" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == NO_DATA_HINT
 
 
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):

@@ -39,6 +39,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     error: str = ""
+    error_type: str = ""  # failed.json's exception type, e.g. FerlabError, DataNotFound
     monitor: str | None = None
     mode: str | None = None
 
@@ -119,8 +120,8 @@ def load_run(path: Path) -> Run:
             info = json.loads(failed.read_text())
             error = f"{info.get('type', 'Error')}: {info.get('message', '')}"
         except (OSError, ValueError) as e:
-            error = f"unreadable failed.json ({e})"
-        return Run(path, overrides, "failed", error=error)
+            info, error = {}, f"unreadable failed.json ({e})"
+        return Run(path, overrides, "failed", error=error, error_type=str(info.get("type", "")))
     metrics_file = path / "metrics.json"
     if not metrics_file.exists():
         return Run(path, overrides, "incomplete", error="no metrics.json (still running, or killed)")
