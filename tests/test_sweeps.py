@@ -38,12 +38,19 @@ def _report_json(*dirs: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def _hparams(run: Path) -> tuple[dict, dict]:
+def _tensorboard_runs(logdir: Path) -> list[str]:
+    """The run names `tensorboard --logdir <logdir>` lists: each folder with events, relative to the logdir."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    return sorted(EventMultiplexer().AddRunsFromDirectory(str(logdir)).Runs())
+
+
+def _hparams(events: Path) -> tuple[dict, dict]:
     """The HPARAMS session of a run's TensorBoard events: hyperparameters, and the hp/* scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    acc = EventAccumulator(str(run / "tensorboard"))
+    acc = EventAccumulator(str(events))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
@@ -70,11 +77,24 @@ def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
         assert row["metrics"]["val/acc"]["mean"] == saved["best_epoch_metrics"]["val/acc"]
         assert row["metrics"]["test/acc"]["mean"] == saved["test"]["test/acc"]
         assert row["metrics"]["test/f1_macro"]["mean"] == saved["test"]["test/f1_macro"]
-    params, scalars = _hparams(runs[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
+    names = [f"{job}/tensorboard/model.drop_rate={p},optim={o}" for job, (o, p) in
+             enumerate([("adam", "0.0"), ("adam", "0.2"), ("sgd", "0.0"), ("sgd", "0.2")])]
+    assert _tensorboard_runs(sweep) == names  # each run named by the swept overrides, not the common ones
+    params, scalars = _hparams(sweep / names[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
     saved = json.loads((runs[3] / "metrics.json").read_text())
     assert params["optim"] == "sgd" and params["model.drop_rate"] == pytest.approx(0.2)
     assert scalars["hp/val/acc"] == pytest.approx(saved["best_epoch_metrics"]["val/acc"])
     assert scalars["hp/test/acc"] == pytest.approx(saved["test"]["test/acc"])
+
+
+def test_tensorboard_run_names_keep_swept_keys_and_shorten_long_values():
+    from ferlab.tbname import run_name
+
+    job = ["seed=1", "optim.lr=0.000123456789", 'data.source.root="/data/数据 集/fer5/"', "trainer.max_epochs=2",
+           "+tags=" + "x" * 40]
+    assert run_name(job, {"optim.lr", "data.source.root", "tags", "seed"}) == (
+        "data.source.root=fer5,optim.lr=0.0001235,seed=1,tags=xxxxxxxxxxx..xxxxxxxxxxx")
+    assert run_name(["b=2", "a=1"], set()) == "a=1,b=2"  # no sweep information: every override
 
 
 def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
