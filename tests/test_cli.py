@@ -65,6 +65,17 @@ def test_two_run_modes_at_once_are_one_line(tmp_path):
         "ferlab train: error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"]
 
 
+def test_an_unquoted_non_ascii_path_gets_the_quoted_form_to_type(tmp_path):
+    r = run_cli("train", "data=fer5", "data.source.root=/data/数据 集/fer5", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("ferlab train: error: cannot parse the override")
+    assert r.stderr.rstrip().endswith("""type it as 'data.source.root="/data/数据 集/fer5"'""")
+    from ferlab.cli import quoting_hint
+
+    assert quoting_hint(["-m", "data.source.root=/数据/a,/数据/b"]).endswith("""'data.source.root="/数据/a","/数据/b"'""")
+    assert quoting_hint(["data.source.root=/data/my data/fer5", "+x=1"]) is None  # Hydra parses these as they are
+
+
 def test_missing_csv_is_one_clear_line(tmp_path):
     r = run_cli("train", "data=fer2013", f"data.source.csv_path={tmp_path}/missing.csv", *TINY[1:], cwd=tmp_path)
     assert r.returncode == 1
