@@ -208,6 +208,8 @@ def test_an_image_over_the_pixel_limit_is_skipped_unread_with_its_reason(ckpt, p
     alone = run_predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={photo}", "max_pixels=200000"))
     assert alone["summary"]["faces"] == 0 and alone["summary"]["files"] == 0  # a single input: skipped the same way
     assert "512x512 = 262,144 pixels is above max_pixels=200,000" in alone["summary"]["skipped"][0]["reason"]
+    with pytest.raises(FerlabError, match="max_pixels must be null or a positive number of pixels, got -1"):
+        run_predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={photo}", "max_pixels=-1"))
 
 
 def test_video_rows_follow_the_moving_face_and_annotated_video_has_every_frame(ckpt, tmp_path):

@@ -43,6 +43,8 @@ def _check(cfg: DictConfig) -> Path:
     source = Path(str(cfg.input))
     if not source.exists():
         raise FerlabError(f"input not found: {source}")
+    if cfg.max_pixels is not None and (not isinstance(cfg.max_pixels, int) or cfg.max_pixels < 1):
+        raise FerlabError(f"max_pixels must be null or a positive number of pixels, got {cfg.max_pixels!r}")
     if source.is_file() and media_kind(source) == "image":
         if not over_pixel_limit(source, cfg.max_pixels):  # a huge one is skipped later, never decoded
             read_image(source)  # a bad file fails before the model is loaded
