@@ -94,7 +94,7 @@ def test_multirun_over_two_values_makes_two_run_dirs(tmp_path):
 
 
 def test_default_train_output_has_no_lightning_tip_and_no_flops_column(tmp_path):
-    r = run_cli("train", *[a for a in TINY if not a.startswith("callbacks.")], cwd=tmp_path)
+    r = run_cli("train", *[a for a in TINY if not a.startswith("callbacks.")], "test=false", cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Trainable params" in out and "│ net " in out  # the model summary is still printed...
