@@ -14,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from ferlab.sweep import NO_DATA_HINT
 from tests.conftest import run_cli
 
 TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -37,12 +38,19 @@ def _report_json(*dirs: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def _hparams(run: Path) -> tuple[dict, dict]:
+def _tensorboard_runs(logdir: Path) -> list[str]:
+    """The run names `tensorboard --logdir <logdir>` lists: each folder with events, relative to the logdir."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    return sorted(EventMultiplexer().AddRunsFromDirectory(str(logdir)).Runs())
+
+
+def _hparams(events: Path) -> tuple[dict, dict]:
     """The HPARAMS session of a run's TensorBoard events: hyperparameters, and the hp/* scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    acc = EventAccumulator(str(run / "tensorboard"))
+    acc = EventAccumulator(str(events))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
@@ -69,11 +77,24 @@ def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
         assert row["metrics"]["val/acc"]["mean"] == saved["best_epoch_metrics"]["val/acc"]
         assert row["metrics"]["test/acc"]["mean"] == saved["test"]["test/acc"]
         assert row["metrics"]["test/f1_macro"]["mean"] == saved["test"]["test/f1_macro"]
-    params, scalars = _hparams(runs[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
+    names = [f"{job}/tensorboard/model.drop_rate={p},optim={o}" for job, (o, p) in
+             enumerate([("adam", "0.0"), ("adam", "0.2"), ("sgd", "0.0"), ("sgd", "0.2")])]
+    assert _tensorboard_runs(sweep) == names  # each run named by the swept overrides, not the common ones
+    params, scalars = _hparams(sweep / names[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
     saved = json.loads((runs[3] / "metrics.json").read_text())
     assert params["optim"] == "sgd" and params["model.drop_rate"] == pytest.approx(0.2)
     assert scalars["hp/val/acc"] == pytest.approx(saved["best_epoch_metrics"]["val/acc"])
     assert scalars["hp/test/acc"] == pytest.approx(saved["test"]["test/acc"])
+
+
+def test_tensorboard_run_names_keep_swept_keys_and_shorten_long_values():
+    from ferlab.tbname import run_name
+
+    job = ["seed=1", "optim.lr=0.000123456789", 'data.source.root="/data/数据 集/fer5/"', "trainer.max_epochs=2",
+           "+tags=" + "x" * 40]
+    assert run_name(job, {"optim.lr", "data.source.root", "tags", "seed"}) == (
+        "data.source.root=fer5,optim.lr=0.0001235,seed=1,tags=xxxxxxxxxxx..xxxxxxxxxxx")
+    assert run_name(["b=2", "a=1"], set()) == "a=1,b=2"  # no sweep information: every override
 
 
 def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
@@ -87,10 +108,18 @@ def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
     for job, kind in (("0", "FerlabError"), ("2", "FerlabError"), ("3", "SystemExit")):
         assert json.loads((sweep / job / "failed.json").read_text())["type"] == kind
     assert "3 of 4 jobs failed" in r.stderr and "data.batch_size=0" in r.stderr and "SystemExit: 3" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and NO_DATA_HINT not in r.stderr  # not all of them for missing data
     data = _report_json(sweep)
     assert len(data["rows"]) == 1 and len(data["failed"]) == 3
     assert "### Failed runs" in (sweep / "report.md").read_text()
+
+
+def test_a_sweep_failing_only_for_missing_datasets_hints_at_synthetic_data(tmp_path):
+    # the Lightning-Hydra template's habit on a fresh clone: its experiments with debug=fdr, no dataset on disk
+    r = run_cli("train", "-m", "experiment=report001_resnet18_fer2013,report004_lenet7_ferplus", "debug=fdr",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr and "fer2013.csv does not exist" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == NO_DATA_HINT
 
 
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):

@@ -3,3 +3,7 @@
 
 class FerlabError(Exception):
     """A user-facing error (bad file, row, key or value). The message names what is wrong and where."""
+
+
+class DataNotFound(FerlabError):
+    """A dataset's file or folder is not on disk (ferlab never downloads a dataset)."""

@@ -36,15 +36,18 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def _check(cfg: DictConfig) -> Path:
-    from ferlab.infer.media import VideoSource, media_kind, read_image
+    from ferlab.infer.media import VideoSource, media_kind, over_pixel_limit, read_image
 
     if not cfg.get("input"):
         raise FerlabError("input is required: an image, a video or a folder of them (input=path)")
     source = Path(str(cfg.input))
     if not source.exists():
         raise FerlabError(f"input not found: {source}")
+    if cfg.max_pixels is not None and (not isinstance(cfg.max_pixels, int) or cfg.max_pixels < 1):
+        raise FerlabError(f"max_pixels must be null or a positive number of pixels, got {cfg.max_pixels!r}")
     if source.is_file() and media_kind(source) == "image":
-        read_image(source)  # a bad file fails before the model is loaded
+        if not over_pixel_limit(source, cfg.max_pixels):  # a huge one is skipped later, never decoded
+            read_image(source)  # a bad file fails before the model is loaded
     elif source.is_file():
         VideoSource(source).close()
     if int(cfg.frame_stride) < 1 or (cfg.max_frames is not None and int(cfg.max_frames) < 1):
@@ -70,7 +73,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     })
     with Progress(disable=not cfg.progress, transient=True) as progress:
         job = Job(predictor, records, out / "annotated" if cfg.annotate else None, progress,
-                  int(cfg.frame_stride), cfg.max_frames, bool(cfg.bars))
+                  int(cfg.frame_stride), cfg.max_frames, bool(cfg.bars), cfg.max_pixels)
         if source.is_dir():
             predict_folder(job, source, bool(cfg.recursive), exclude=out)
         else:
@@ -105,7 +108,9 @@ def print_summary(summary: dict[str, Any], out: Path, predictor: Any) -> None:
         more = " ..." if len(summary["no_face"]) > 5 else ""
         say(f"no face found in {len(summary['no_face'])} file(s): {', '.join(summary['no_face'][:5])}{more}")
     if summary["skipped"]:
-        say(f"skipped {len(summary['skipped'])} unreadable file(s): {', '.join(s['file'] for s in summary['skipped'][:5])}")
+        skipped = summary["skipped"]  # each reason names its file
+        more = " ..." if len(skipped) > 3 else ""
+        say(f"skipped {len(skipped)} file(s): {'; '.join(s['reason'] for s in skipped[:3])}{more}")
     if summary["ignored"]:
         say(f"ignored {len(summary['ignored'])} file(s) that are neither images nor videos")
     say(f"results: {out / 'predictions.csv'}, {out / 'predictions.json'}")

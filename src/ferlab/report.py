@@ -39,6 +39,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     error: str = ""
+    error_type: str = ""  # failed.json's exception type, e.g. FerlabError, DataNotFound
     monitor: str | None = None
     mode: str | None = None
 
@@ -119,8 +120,8 @@ def load_run(path: Path) -> Run:
             info = json.loads(failed.read_text())
             error = f"{info.get('type', 'Error')}: {info.get('message', '')}"
         except (OSError, ValueError) as e:
-            error = f"unreadable failed.json ({e})"
-        return Run(path, overrides, "failed", error=error)
+            info, error = {}, f"unreadable failed.json ({e})"
+        return Run(path, overrides, "failed", error=error, error_type=str(info.get("type", "")))
     metrics_file = path / "metrics.json"
     if not metrics_file.exists():
         return Run(path, overrides, "incomplete", error="no metrics.json (still running, or killed)")
@@ -314,6 +315,15 @@ def write_report(report: Report, out_dir: Path, fmt: str = "markdown") -> list[P
     return paths
 
 
+def plot_report(report: Report, out_dir: Path, curve_metric: str) -> list[Path]:
+    """`--plot`: per-epoch curves of `curve_metric` and bars of the sorted metric, one entry per table row."""
+    from ferlab.report_plots import PlotRow, plot_rows
+
+    rows = [PlotRow(config_label(row.config), [run.history for run in row.runs],
+                    row.stat(report.sort)[:2] if report.sort else (None, None)) for row in report.rows]
+    return plot_rows(rows, out_dir, curve_metric, report.sort)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferlab report", description=__doc__.split("\n")[0].split(": ", 1)[1])
     p.add_argument("dirs", nargs="+", type=Path, help="run dirs, sweep (multirun) dirs, or folders holding them")
@@ -335,8 +345,6 @@ def run_report(args: argparse.Namespace) -> tuple[str, list[Path]]:
     if out_dir is not None and not args.no_write:
         written += write_report(report, out_dir, args.format)
         if args.plot:
-            from ferlab.report_plots import plot_report
-
             written += plot_report(report, out_dir, args.curve)
     elif args.plot or (out_dir is None and not args.no_write):
         print("ferlab report: several dirs and no --out: nothing written", file=sys.stderr)

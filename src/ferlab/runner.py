@@ -31,11 +31,19 @@ def _run_id() -> str:
 
 
 def register_resolvers() -> None:
-    """`${ferlab.labels:fer2013}`, `${ferlab.num_classes:fer2013}` and `${ferlab.run_id:}` for the configs."""
+    """`${ferlab.labels:fer2013}`, `${ferlab.num_classes:fer2013}`, `${ferlab.run_id:}` and `${ferlab.tb_run:}`."""
     OmegaConf.register_new_resolver("ferlab.labels", lambda name: ListConfig(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.num_classes", lambda name: len(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.len", len, replace=True)  # data=folder: num_classes of a user class list
     OmegaConf.register_new_resolver("ferlab.run_id", _run_id, replace=True)
+    OmegaConf.register_new_resolver("ferlab.tb_run", _tb_run, replace=True, use_cache=True)
+
+
+def _tb_run() -> str:
+    """A sweep job's TensorBoard run name (ferlab.tbname); "" in a single run."""
+    from ferlab.tbname import sweep_run_name
+
+    return sweep_run_name()
 
 
 register_resolvers()

@@ -15,9 +15,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ferlab.errors import FerlabError
+from ferlab.errors import DataNotFound, FerlabError
 
 log = logging.getLogger("ferlab.sweep")
+# when every job failed for a dataset that is not on disk (e.g. the Lightning-Hydra template's habit of
+# `-m 'experiment=glob(*)' debug=fdr` on a fresh clone)
+NO_DATA_HINT = ("hint: every job failed because its dataset is not on disk; debug=smoke (one short epoch on synthetic "
+                "faces) or data=synthetic runs the same sweep without downloads")
 
 
 class SweepFailed(SystemExit):
@@ -64,6 +68,8 @@ def summarize(sweep_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
         print(f"ferlab: error: {len(failed)} of {len(runs)} jobs failed:", file=err)
         for run in failed:
             print(f"  {run.path.name}: {run.error}  ({run.path / 'failed.json'})", file=err)
+        if all(run.error_type == DataNotFound.__name__ for run in failed):
+            print(NO_DATA_HINT, file=err)
     return len(failed)
 
 

@@ -59,8 +59,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.lit.callbacks import scalars
     from ferlab.lit.preemption import stoppable
     from ferlab.lit.resume import resolve_ckpt_path
+    from ferlab.lit.summary import quiet_lightning
     from ferlab.runfiles import print_summary, write_json
 
+    quiet_lightning()
     start = time.time()
     ckpt_path = resolve_ckpt_path(cfg)  # may point paths.output_dir at the run being continued
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,31 @@ class BadImage(ValueError):
 def is_image_file(path: Path) -> bool:
     """A visible file with an image extension (case-insensitive)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, no pixel decoded; None when Pillow cannot read the header.
+
+    Pillow refuses to open a file above twice its own MAX_IMAGE_PIXELS (179 megapixels) before its size can be
+    asked; such a header is read again by the format's own reader (chosen by the extension), which has no cap.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        Image.init()
+        reader = Image.OPEN.get(Image.registered_extensions().get(path.suffix.lower(), ""))
+        try:
+            with reader[0](path) as im:
+                return im.size
+        except (TypeError, OSError, ValueError, SyntaxError):  # TypeError: no reader for the extension
+            return None
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def decode_image(path: Path, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

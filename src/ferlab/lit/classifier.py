@@ -101,6 +101,20 @@ class Classifier(pl.LightningModule):
         self.test_metrics[dataloader_idx].update(logits, y)
         self.test_f1[dataloader_idx].update(logits, y)
         self.log_dict(self.test_metrics[dataloader_idx], add_dataloader_idx=False, batch_size=len(x))
+        self._tested[dataloader_idx].append((logits.argmax(1).detach(), y.detach()))
+
+    def on_test_epoch_start(self) -> None:
+        # per test dataloader: (predicted class ids (B,), targets (B,)) of every batch, in loader order, so the
+        # eval report after `ferlab train test=true` needs no second pass through the network
+        self._tested: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.test_prefixes]
+
+    def tested_predictions(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Metric prefix -> (predictions (N,), targets (N,)) on CPU of this process's last test run."""
+        out = {}
+        for prefix, batches in zip(self.test_prefixes, getattr(self, "_tested", []), strict=False):
+            if batches:
+                out[prefix] = (torch.cat([p for p, _ in batches]).cpu(), torch.cat([t for _, t in batches]).cpu())
+        return out
 
     def on_test_epoch_end(self) -> None:
         for prefix, f1 in zip(self.test_prefixes, self.test_f1, strict=False):
