@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= sweep,infer,dev
+EXTRAS ?= sweep,infer,timm,dev
 ARGS ?=
 
 .PHONY: install train test lint tb bench clean

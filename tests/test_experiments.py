@@ -44,6 +44,12 @@ RECIPES = {
         "model.blocks": 3, "model.layers": 5, "model.channels": 36, "model.block_drop_rate": 0.05,
         "optim._target_": "torch.optim.Adam"},
     "report004_lenet7_ferplus": {"data.num_classes": 8, "model._target_": "ferlab.models.small.lenet7"},
+    "report004_pretrain": {
+        "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.01,
+        "augment.ops.3._target_": "ferlab.data.augment.RandomErasing", "init_from": None, "trainer.max_epochs": 30},
+    "report004_finetune": {
+        "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.0001,
+        "init_from": "last:report004_pretrain", "augment.ops.1._target_": "ferlab.data.augment.RandomAffine"},
 }
 
 # ablation -> (the swept overrides' values in job order, {dotted key: values it takes in the composed jobs})

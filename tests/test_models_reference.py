@@ -22,21 +22,32 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def on_meta(build, **kwargs) -> nn.Module:
+def on_meta(build, *args, **kwargs) -> nn.Module:
     with torch.device("meta"):
-        return build(**kwargs)
+        return build(*args, **kwargs)
 
 
 @pytest.mark.parametrize("name, count", [("resnet18", 11_689_512), ("resnet34", 21_797_672),
                                          ("resnext50_32x4d", 25_028_904), ("vgg19_bn", 143_678_248)])
 def test_imagenet_shape_parameter_counts(name: str, count: int):
-    ours = on_meta(create_model, name=name, in_chans=3, num_classes=1000)
+    ours = on_meta(create_model, name, in_chans=3, num_classes=1000)
     assert n_params(ours) == count == n_params(on_meta(getattr(torchvision.models, name)))
+
+
+# the recipes' networks as their code builds them: microsoft/FERPlus VGG13 (1x64x64, 8 classes; conv biases, no BN),
+# usef-kh/fer Vgg (1x40x40 crops, 7 classes; 512x2x2 into lin1)
+@pytest.mark.parametrize("name, classes, side, count", [("vgg13_barsoum", 8, 64, 8_757_704),
+                                                        ("vgg_khaireddin", 7, 40, 29_890_759)])
+def test_recipe_networks_have_their_codes_parameter_count(name: str, classes: int, side: int, count: int):
+    net = create_model(name, in_chans=1, num_classes=classes).eval()
+    assert n_params(net) == count
+    with torch.no_grad():  # the pooled grid is already pool_size x pool_size at their input size: pooling is identity
+        assert net.stages(torch.zeros(1, 1, side, side)).shape[-1] == net.pool_size
 
 
 @pytest.mark.parametrize("name", ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19"])
 def test_vgg_variants_have_torchvision_layer_shapes(name: str):
-    ours, ref = on_meta(create_model, name=name), on_meta(getattr(torchvision.models, name))
+    ours, ref = on_meta(create_model, name), on_meta(getattr(torchvision.models, name))
     assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in ref.parameters()]
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ferlab.runner import hydra_task
 
@@ -24,8 +24,10 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.lit.classifier import Classifier
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
+    net = instantiate(cfg.model)
+    weights = load_reports(net, cfg)
     model = Classifier(
-        net=instantiate(cfg.model),
+        net=net,
         optimizer=instantiate(cfg.optim),
         scheduler=instantiate(cfg.sched),
         loss=instantiate(cfg.loss),
@@ -40,7 +42,21 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return {"datamodule": datamodule, "model": model, "trainer": trainer}
+    return {"datamodule": datamodule, "model": model, "trainer": trainer, "weights": weights}
+
+
+def load_reports(net: Any, cfg: DictConfig) -> dict[str, dict]:
+    """Load `init_from`'s network weights into `net`; what `model.pretrained` and `init_from` loaded, for
+    metrics.json (init_from comes second, so its weights win)."""
+    from ferlab.lit.init_from import init_weights, resolve_init_from
+
+    reports = {}
+    if getattr(net, "load_report", None) is not None:
+        reports["pretrained"] = net.load_report.as_dict()
+    path = resolve_init_from(cfg)
+    if path is not None:
+        reports["init_from"] = init_weights(net, path).as_dict()
+    return reports
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -65,6 +81,11 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     start = time.time()
     ckpt_path = resolve_ckpt_path(cfg)  # may point paths.output_dir at the run being continued
+    if ckpt_path and cfg.get("init_from"):
+        log.info("resuming from %s: init_from=%s is not loaded (the checkpoint has the weights)", ckpt_path,
+                 cfg.init_from)
+        with open_dict(cfg):
+            cfg.init_from = None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     parts = build(cfg)
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
@@ -76,7 +97,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         results = stoppable(trainer.test)(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                            weights_only=True)
         test_metrics = {k: v for r in results for k, v in r.items()}
-    metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start)
+    metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start, parts["weights"])
     run_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -90,9 +111,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def collect_metrics(
-    cfg: DictConfig, trainer, datamodule, final: dict, test: dict, wall_time: float
+    cfg: DictConfig, trainer, datamodule, final: dict, test: dict, wall_time: float, weights: dict | None = None
 ) -> dict[str, Any]:
-    """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths."""
+    """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths, and the load
+    reports of `model.pretrained` / `init_from` (`weights`: tensors loaded, adapted, modules re-initialised)."""
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.version import version_info
 
@@ -112,6 +134,7 @@ def collect_metrics(
         "wall_time_s": wall_time,
         "dataset": {"name": datamodule.name, "sizes": datamodule.sizes, "meta": datamodule.meta},
         "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(ckpt)},
+        "weights": weights or {},
         "history": history,
         "ferlab": version_info(),  # the code that made this result: version, and git commit from a checkout
     }

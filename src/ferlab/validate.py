@@ -77,6 +77,8 @@ RULES: tuple[Rule, ...] = (
     Rule("seed", _int, "an integer"),
     Rule("monitor", _metric, f"a metric logged during training: {', '.join(FIT_METRICS[:5])} or lr-<optimizer>"),
     Rule("monitor_mode", lambda v: v in ("min", "max"), "min or max"),
+    Rule("init_from", lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
+         "null, a checkpoint, a run directory or last:<task_name>"),
     Rule("callbacks.*.monitor", _metric, "a metric logged during training (see `monitor`)", same_as="monitor"),
     Rule("sched.monitor", _metric, "a metric logged during training (see `monitor`)", same_as="monitor"),
 )

@@ -20,6 +20,7 @@ class FERNet(nn.Module):
     head: nn.Module
     head_drop: nn.Module
     cam_layer_name: str = ""
+    load_report = None  # what `pretrained=` loaded (ferlab.models.pretrained.LoadReport), set by the builder
 
     def set_cam_layer(self, module: nn.Module) -> None:
         """Point `cam_layer` at one of this net's submodules (stored by name, so it is not a second child)."""

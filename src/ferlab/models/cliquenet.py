@@ -20,12 +20,13 @@ from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.layers import (
     ChannelAttention,
-    check_choice,
     check_positive,
     check_rate,
     make_act,
     make_norm,
+    make_stem,
 )
+from ferlab.models.pretrained import load_pretrained
 from ferlab.models.registry import register_model
 
 
@@ -99,26 +100,12 @@ def _exit(channels: int, compression: bool, drop_rate: float, norm: str,
     return nn.Sequential(*parts, make_norm(norm, channels), make_act(act, inplace=False)), channels
 
 
-def make_stem(kind: str, in_chans: int, width: int, norm: str, act: str) -> nn.Sequential:
-    """`cifar`: one 3x3 conv (authors' CIFAR net); `fer`: 3x3/2 conv, norm, act, 3x3/2 max pool (report 004,
-    48 -> 12); `imagenet`: 7x7/2 conv, norm, act, 3x3/2 max pool (authors' ImageNet net)."""
-    stems = {
-        "cifar": lambda: [nn.Conv2d(in_chans, width, 3, padding=1, bias=False)],
-        "fer": lambda: [nn.Conv2d(in_chans, width, 3, 2, 1, bias=False), make_norm(norm, width),
-                        make_act(act), nn.MaxPool2d(3, 2, 1)],
-        "imagenet": lambda: [nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), make_norm(norm, width),
-                             make_act(act), nn.MaxPool2d(3, 2, 1)],
-    }
-    check_choice("stem", kind, stems)
-    return nn.Sequential(*stems[kind]())
-
-
 class CliqueNet(FERNet):
     """Stem, `blocks` clique blocks joined by transitions, multi-scale head (every block's feature pooled).
 
     Args:
         blocks, layers, channels: clique blocks, layers per block, channels per layer (k).
-        stem, stem_channels: see make_stem; channels entering the first block.
+        stem, stem_channels: see layers.make_stem ("fer", "cifar", "imagenet", "small"); channels entering the first block.
         loops: stage II passes (0 = stage I only, "CliqueNet I+I").
         attention: channel attention in the transitions. bottleneck: 1x1 clique convs + a 3x3 conv per layer.
         compression: halve each block feature with a 1x1 conv before pooling it.
@@ -167,15 +154,16 @@ class CliqueNet(FERNet):
 
 
 @register_model
-def cliquenet(*, in_chans: int = 1, num_classes: int = 8, blocks: int = 3, layers: int = 5,
-              channels: int = 36, stem: str = "fer", stem_channels: int = 64, loops: int = 1,
+def cliquenet(*, in_chans: int = 1, num_classes: int = 8, pretrained: str | None = None, blocks: int = 3,
+              layers: int = 5, channels: int = 36, stem: str = "fer", stem_channels: int = 64, loops: int = 1,
               attention: bool = True, bottleneck: bool = False, compression: bool = False,
               block_drop_rate: float = 0.05, drop_rate: float = 0.0, norm: str = "batch",
               act: str = "relu") -> CliqueNet:
     """Report 004's CliqueNet at defaults: fer stem, 3 blocks x 5 layers x 36 channels, attentional
     transitions, dropout 0.05 (its keep_prob 0.95). The authors' CIFAR net: stem="cifar", layers=4,
     attention=False, in_chans=3, num_classes=10."""
-    return CliqueNet(in_chans=in_chans, num_classes=num_classes, blocks=blocks, layers=layers,
-                     channels=channels, stem=stem, stem_channels=stem_channels, loops=loops,
-                     attention=attention, bottleneck=bottleneck, compression=compression,
-                     block_drop_rate=block_drop_rate, drop_rate=drop_rate, norm=norm, act=act)
+    net = CliqueNet(in_chans=in_chans, num_classes=num_classes, blocks=blocks, layers=layers,
+                    channels=channels, stem=stem, stem_channels=stem_channels, loops=loops,
+                    attention=attention, bottleneck=bottleneck, compression=compression,
+                    block_drop_rate=block_drop_rate, drop_rate=drop_rate, norm=norm, act=act)
+    return load_pretrained(net, pretrained)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.layers import check_positive, check_rate, make_act, make_norm
+from ferlab.models.pretrained import load_pretrained
 from ferlab.models.registry import register_model
 
 
@@ -79,10 +80,10 @@ class DeepEmotion(FERNet):
 
 
 @register_model
-def deep_emotion(*, in_chans: int = 1, num_classes: int = 7, input_size: int = 48, channels: int = 10,
-                 hidden: int = 50, feature_drop_rate: float = 0.5, drop_rate: float = 0.0,
+def deep_emotion(*, in_chans: int = 1, num_classes: int = 7, pretrained: str | None = None, input_size: int = 48,
+                 channels: int = 10, hidden: int = 50, feature_drop_rate: float = 0.5, drop_rate: float = 0.0,
                  norm: str = "batch", act: str = "relu") -> DeepEmotion:
     """Deep-Emotion; 66,877 parameters with 1x48x48 input and 7 classes."""
-    return DeepEmotion(in_chans=in_chans, num_classes=num_classes, input_size=input_size, channels=channels,
-                       hidden=hidden, feature_drop_rate=feature_drop_rate, drop_rate=drop_rate, norm=norm,
-                       act=act)
+    net = DeepEmotion(in_chans=in_chans, num_classes=num_classes, input_size=input_size, channels=channels,
+                      hidden=hidden, feature_drop_rate=feature_drop_rate, drop_rate=drop_rate, norm=norm, act=act)
+    return load_pretrained(net, pretrained)

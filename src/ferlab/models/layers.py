@@ -46,6 +46,29 @@ def make_act(act: str, inplace: bool = True) -> nn.Module:
     return ACTS[act](inplace)
 
 
+def make_stem(kind: str, in_chans: int, width: int, norm: str = "batch", act: str = "relu") -> nn.Sequential:
+    """The layers before the first stage (ResNet, CliqueNet); convs have a bias only without normalization.
+
+    `imagenet`: 7x7/2 conv, norm, act, 3x3/2 max pool (maps 4x smaller); `fer`: the same with a 3x3/2 conv
+    (report 004, 48 -> 12); `small`: 3x3/1 conv, norm, act (full resolution); `cifar`: one bare 3x3/1 conv
+    (CliqueNet's CIFAR net, whose blocks begin with norm-act).
+    """
+    bias = norm == "none"
+
+    def conv_norm_act(kernel: int, stride: int) -> list[nn.Module]:
+        conv = nn.Conv2d(in_chans, width, kernel, stride, kernel // 2, bias=bias)
+        return [conv, make_norm(norm, width), make_act(act)]
+
+    stems = {
+        "imagenet": lambda: [*conv_norm_act(7, 2), nn.MaxPool2d(3, 2, 1)],
+        "fer": lambda: [*conv_norm_act(3, 2), nn.MaxPool2d(3, 2, 1)],
+        "small": lambda: conv_norm_act(3, 1),
+        "cifar": lambda: conv_norm_act(3, 1)[:1],
+    }
+    check_choice("stem", kind, stems)
+    return nn.Sequential(*stems[kind]())
+
+
 def linear(cin: int, cout: int, std: float | None = None) -> nn.Linear:
     """nn.Linear initialised once: N(0, std) weights, zero bias when `std` is given, else PyTorch's default.
 

@@ -52,6 +52,6 @@ def builder_for_target(target: str) -> Callable[..., nn.Module]:
     return builder
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name."""
+def create_model(name: str, /, **kwargs) -> nn.Module:
+    """Build a registered model by name (positional: `model=timm` has a `name` argument of its own)."""
     return get_builder(name)(**kwargs)

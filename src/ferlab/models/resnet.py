@@ -12,7 +12,16 @@ from torch import Tensor, nn
 
 from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
-from ferlab.models.layers import FeatureFusion, check_choice, check_positive, check_rate, make_act, make_norm
+from ferlab.models.layers import (
+    FeatureFusion,
+    check_choice,
+    check_positive,
+    check_rate,
+    make_act,
+    make_norm,
+    make_stem,
+)
+from ferlab.models.pretrained import load_pretrained, resnet_names
 from ferlab.models.registry import register_model
 
 
@@ -78,18 +87,6 @@ def _shortcut(cin: int, cout: int, stride: int, norm: str) -> nn.Module:
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def make_stem(kind: str, in_chans: int, width: int, norm: str = "batch", act: str = "relu") -> nn.Sequential:
-    """`imagenet`: 7x7/2 conv + 3x3/2 maxpool (4x smaller maps); `small`: 3x3/1 conv, full resolution."""
-    bias = norm == "none"
-    stems = {
-        "imagenet": lambda: [nn.Conv2d(in_chans, width, 7, 2, 3, bias=bias), make_norm(norm, width),
-                             make_act(act), nn.MaxPool2d(3, 2, 1)],
-        "small": lambda: [conv3x3(in_chans, width, bias=bias), make_norm(norm, width), make_act(act)],
-    }
-    check_choice("stem", kind, stems)
-    return nn.Sequential(*stems[kind]())
-
-
 def _bottleneck_width(planes: int, groups: int, width_per_group: int,
                       group_width: int | None) -> tuple[int, int]:
     """(mid channels, groups) of a bottleneck's 3x3 conv.
@@ -115,7 +112,7 @@ class ResNet(FERNet):
         groups, width_per_group: ResNeXt cardinality and per-group width (torchvision convention).
         group_width: instead, split a `planes`-wide 3x3 conv into groups of this many channels (report 000).
         expansion: bottleneck output / planes (default: the block's, 4 for bottleneck; report 000 uses 1).
-        stem: "imagenet" or "small" (see make_stem).
+        stem: "imagenet", "small", "fer" or "cifar" (see layers.make_stem).
         stage_drop_rates: (p, q): dropout p after the second-to-last and q after the last block of every
             stage (report 000); None adds no dropout modules.
         fusion, fusion_stages: fuse the pooled features of the last `fusion_stages` stages ("concat" or
@@ -203,46 +200,50 @@ def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
 
 
 @register_model
-def resnet18(*, in_chans: int = 3, num_classes: int = 1000, stem: str = "imagenet", width: int = 64,
-             drop_rate: float = 0.0, norm: str = "batch", act: str = "relu", fusion: str = "none",
-             fusion_stages: int = 2) -> ResNet:
-    """ResNet-18: basic blocks (2, 2, 2, 2); 11,689,512 parameters with 3 channels and 1000 classes."""
-    return ResNet(block="basic", layers=(2, 2, 2, 2), in_chans=in_chans, num_classes=num_classes, stem=stem,
-                  width=width, drop_rate=drop_rate, norm=norm, act=act, fusion=fusion,
-                  fusion_stages=fusion_stages)
+def resnet18(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None,
+             stem: str = "imagenet", width: int = 64, drop_rate: float = 0.0, norm: str = "batch",
+             act: str = "relu", fusion: str = "none", fusion_stages: int = 2) -> ResNet:
+    """ResNet-18: basic blocks (2, 2, 2, 2); 11,689,512 parameters with 3 channels and 1000 classes.
+    `pretrained`: null, imagenet (torchvision's IMAGENET1K_V1) or a state-dict file (see models.pretrained)."""
+    net = ResNet(block="basic", layers=(2, 2, 2, 2), in_chans=in_chans, num_classes=num_classes, stem=stem,
+                 width=width, drop_rate=drop_rate, norm=norm, act=act, fusion=fusion, fusion_stages=fusion_stages)
+    return load_pretrained(net, pretrained, imagenet="ResNet18_Weights.IMAGENET1K_V1", names=resnet_names)
 
 
 @register_model
-def resnet34(*, in_chans: int = 3, num_classes: int = 1000, stem: str = "imagenet", width: int = 64,
-             drop_rate: float = 0.0, norm: str = "batch", act: str = "relu", fusion: str = "none",
-             fusion_stages: int = 2) -> ResNet:
+def resnet34(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None,
+             stem: str = "imagenet", width: int = 64, drop_rate: float = 0.0, norm: str = "batch",
+             act: str = "relu", fusion: str = "none", fusion_stages: int = 2) -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3); 21,797,672 parameters with 3 channels and 1000 classes."""
-    return ResNet(block="basic", layers=(3, 4, 6, 3), in_chans=in_chans, num_classes=num_classes, stem=stem,
-                  width=width, drop_rate=drop_rate, norm=norm, act=act, fusion=fusion,
-                  fusion_stages=fusion_stages)
+    net = ResNet(block="basic", layers=(3, 4, 6, 3), in_chans=in_chans, num_classes=num_classes, stem=stem,
+                 width=width, drop_rate=drop_rate, norm=norm, act=act, fusion=fusion, fusion_stages=fusion_stages)
+    return load_pretrained(net, pretrained, imagenet="ResNet34_Weights.IMAGENET1K_V1", names=resnet_names)
 
 
 @register_model
-def resnet18_small(*, in_chans: int = 3, num_classes: int = 1000, stem: str = "imagenet", width: int = 32,
-                   drop_rate: float = 0.0, norm: str = "batch", act: str = "relu", fusion: str = "none",
-                   fusion_stages: int = 2) -> ResNet:
-    """ResNet-18 at half width (32 base channels, 2.8 M parameters): the quick CPU default of `make train`."""
-    return resnet18(in_chans=in_chans, num_classes=num_classes, stem=stem, width=width, drop_rate=drop_rate,
-                    norm=norm, act=act, fusion=fusion, fusion_stages=fusion_stages)
+def resnet18_small(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None,
+                   stem: str = "imagenet", width: int = 32, drop_rate: float = 0.0, norm: str = "batch",
+                   act: str = "relu", fusion: str = "none", fusion_stages: int = 2) -> ResNet:
+    """ResNet-18 at half width (32 base channels, 2.8 M parameters): the quick CPU default of `make train`.
+    ImageNet weights fit it only at width=64 (then it is resnet18)."""
+    return resnet18(in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, stem=stem, width=width,
+                    drop_rate=drop_rate, norm=norm, act=act, fusion=fusion, fusion_stages=fusion_stages)
 
 
 @register_model
-def resnext50_32x4d(*, in_chans: int = 3, num_classes: int = 1000, stem: str = "imagenet", width: int = 64,
-                    groups: int = 32, width_per_group: int = 4, drop_rate: float = 0.0, norm: str = "batch",
-                    act: str = "relu", fusion: str = "none", fusion_stages: int = 2) -> ResNet:
+def resnext50_32x4d(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None,
+                    stem: str = "imagenet", width: int = 64, groups: int = 32, width_per_group: int = 4,
+                    drop_rate: float = 0.0, norm: str = "batch", act: str = "relu", fusion: str = "none",
+                    fusion_stages: int = 2) -> ResNet:
     """ResNeXt-50 32x4d: bottlenecks (3, 4, 6, 3), 32 groups of 4*2**i channels; 25,028,904 parameters."""
-    return ResNet(block="bottleneck", layers=(3, 4, 6, 3), in_chans=in_chans, num_classes=num_classes,
-                  stem=stem, width=width, groups=groups, width_per_group=width_per_group, drop_rate=drop_rate,
-                  norm=norm, act=act, fusion=fusion, fusion_stages=fusion_stages)
+    net = ResNet(block="bottleneck", layers=(3, 4, 6, 3), in_chans=in_chans, num_classes=num_classes,
+                 stem=stem, width=width, groups=groups, width_per_group=width_per_group, drop_rate=drop_rate,
+                 norm=norm, act=act, fusion=fusion, fusion_stages=fusion_stages)
+    return load_pretrained(net, pretrained, imagenet="ResNeXt50_32X4D_Weights.IMAGENET1K_V1", names=resnet_names)
 
 
 @register_model
-def resnext18_fer(*, in_chans: int = 3, num_classes: int = 1000,
+def resnext18_fer(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None,
                   arch: Sequence[Sequence[int]] = ((2, 64), (2, 128), (2, 256)),
                   drop_rates: Sequence[float] = (0.2, 0.4), group_width: int = 32, stem: str = "imagenet",
                   width: int = 64, drop_rate: float = 0.0, norm: str = "batch", act: str = "relu",
@@ -252,7 +253,8 @@ def resnext18_fer(*, in_chans: int = 3, num_classes: int = 1000,
     stage, and `drop_rates` = dropout after the second-to-last and the last block of every stage."""
     if any(len(stage) != 2 for stage in arch):
         raise FerlabError(f"model argument arch={[list(s) for s in arch]} must list [blocks, channels] pairs")
-    return ResNet(block="bottleneck", layers=[int(s[0]) for s in arch], channels=[int(s[1]) for s in arch],
-                  expansion=1, group_width=group_width, stage_drop_rates=drop_rates, in_chans=in_chans,
-                  num_classes=num_classes, stem=stem, width=width, drop_rate=drop_rate, norm=norm, act=act,
-                  fusion=fusion, fusion_stages=fusion_stages)
+    net = ResNet(block="bottleneck", layers=[int(s[0]) for s in arch], channels=[int(s[1]) for s in arch],
+                 expansion=1, group_width=group_width, stage_drop_rates=drop_rates, in_chans=in_chans,
+                 num_classes=num_classes, stem=stem, width=width, drop_rate=drop_rate, norm=norm, act=act,
+                 fusion=fusion, fusion_stages=fusion_stages)
+    return load_pretrained(net, pretrained)  # no torchvision twin: a file of its own names

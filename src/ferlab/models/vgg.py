@@ -1,5 +1,6 @@
 """Plain conv stacks: one class driven by per-stage channel lists (VGG-11/13/16/19 with or without BN, report
-002's VGG, a VGG-19 for 48x48 input; the LeNet- and AlexNet-style builders in small.py use it too).
+002's VGG, a VGG-19 for 48x48 input, the FER+ reference VGG-13 and Khaireddin's VGGNet; the LeNet- and
+AlexNet-style builders in small.py use it too).
 
 A stage is `convs` (conv-norm-act repeated; report 002 orders conv-act-norm), `pool` and an optional dropout;
 then adaptive average pooling to `pool_size`, an MLP of `hidden` widths and the linear head.
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.layers import check_choice, check_positive, check_rate, linear, make_act, make_norm
+from ferlab.models.pretrained import load_pretrained, vgg_names
 from ferlab.models.registry import register_model
 
 # torchvision's configurations A, B, D, E as channels per stage (each stage ends in a 2x2 max pool)
@@ -103,13 +105,16 @@ class VGG(FERNet):
 
 def _torchvision_vgg(depth: int, norm: str, doc: str):
     """Register `vgg<depth>[_bn]`: torchvision's layout (3x3 convs, 2x2 max pools, 7x7 pooled, 4096-4096 MLP)."""
+    suffix = "_bn" if norm == "batch" else ""
 
-    def build(*, in_chans: int = 3, num_classes: int = 1000, act: str = "relu", pool_size: int = 7,
-              hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
-        return VGG(stages=VGG_STAGES[depth], in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
-                   pool_size=pool_size, hidden=hidden, drop_rate=drop_rate)
+    def build(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None, act: str = "relu",
+              pool_size: int = 7, hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.5) -> VGG:
+        net = VGG(stages=VGG_STAGES[depth], in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
+                  pool_size=pool_size, hidden=hidden, drop_rate=drop_rate)
+        weights = f"VGG{depth}{suffix.upper()}_Weights.IMAGENET1K_V1"
+        return load_pretrained(net, pretrained, imagenet=weights, names=vgg_names)
 
-    build.__name__ = build.__qualname__ = f"vgg{depth}" + ("_bn" if norm == "batch" else "")
+    build.__name__ = build.__qualname__ = f"vgg{depth}{suffix}"
     build.__doc__ = doc
     return register_model(build)
 
@@ -125,20 +130,50 @@ vgg19_bn = _torchvision_vgg(19, "batch", "VGG-19 with batch norm: 143,678,248 pa
 
 
 @register_model
-def vgg_fer(*, in_chans: int = 1, num_classes: int = 7, channels: Sequence[int] = (64, 128, 256, 512, 512),
+def vgg_fer(*, in_chans: int = 1, num_classes: int = 7, pretrained: str | None = None,
+            channels: Sequence[int] = (64, 128, 256, 512, 512),
             convs_per_stage: int = 3, stage_drop_rate: float = 0.5, hidden: Sequence[int] = (4096, 4096),
             drop_rate: float = 0.5, norm: str = "batch", act: str = "relu") -> VGG:
     """Report 002's network: 5 stages of 3 x (conv3x3-ReLU-BN), 2x2 max pool, Dropout(0.5); its VGG code's
     head (512 -> 4096 -> 4096 -> classes) on the globally pooled features."""
     check_positive(convs_per_stage=convs_per_stage)
-    return VGG(stages=[[c] * convs_per_stage for c in channels], in_chans=in_chans, num_classes=num_classes,
-               norm=norm, act=act, order="conv_act_norm", stage_drop_rate=stage_drop_rate, pool_size=1,
-               hidden=hidden, drop_rate=drop_rate)
+    net = VGG(stages=[[c] * convs_per_stage for c in channels], in_chans=in_chans, num_classes=num_classes,
+              norm=norm, act=act, order="conv_act_norm", stage_drop_rate=stage_drop_rate, pool_size=1,
+              hidden=hidden, drop_rate=drop_rate)
+    return load_pretrained(net, pretrained)  # no torchvision twin: a file of its own names
 
 
 @register_model
-def vgg19_fer48(*, in_chans: int = 1, num_classes: int = 7, drop_rate: float = 0.5, norm: str = "batch",
-                act: str = "relu") -> VGG:
-    """VGG-19 convs with BN for 48x48 input: five poolings leave 1x1x512, then dropout and a linear head."""
-    return VGG(stages=VGG_STAGES[19], in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
-               pool_size=1, drop_rate=drop_rate)
+def vgg19_fer48(*, in_chans: int = 1, num_classes: int = 7, pretrained: str | None = None, drop_rate: float = 0.5,
+                norm: str = "batch", act: str = "relu") -> VGG:
+    """VGG-19 convs with BN for 48x48 input: five poolings leave 1x1x512, then dropout and a linear head.
+    pretrained=imagenet loads VGG-19-BN's convs (its classifier layers have no place here)."""
+    net = VGG(stages=VGG_STAGES[19], in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
+              pool_size=1, drop_rate=drop_rate)
+    return load_pretrained(net, pretrained, imagenet="VGG19_BN_Weights.IMAGENET1K_V1", names=vgg_names)
+
+
+@register_model
+def vgg13_barsoum(*, in_chans: int = 1, num_classes: int = 8, pretrained: str | None = None,
+                  stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256, 256), (256, 256, 256)),
+                  stage_drop_rate: float = 0.25, pool_size: int = 4, hidden: Sequence[int] = (1024, 1024),
+                  drop_rate: float = 0.5, norm: str = "none", act: str = "relu") -> VGG:
+    """The FER+ reference network (Barsoum et al. 2016, arXiv 1608.01041; microsoft/FERPlus `VGG13`) for 64x64:
+    3x3 conv stages 64,64 | 128,128 | 256x3 | 256x3, each closed by a 2x2 max pool and dropout 0.25, then
+    FC 1024, FC 1024 with dropout 0.5 and the linear head. Four poolings leave 4x4 at 64x64 (pool_size 4: identity)."""
+    net = VGG(stages=stages, in_chans=in_chans, num_classes=num_classes, norm=norm, act=act,
+              stage_drop_rate=stage_drop_rate, pool_size=pool_size, hidden=hidden, drop_rate=drop_rate)
+    return load_pretrained(net, pretrained, names=vgg_names)
+
+
+@register_model
+def vgg_khaireddin(*, in_chans: int = 1, num_classes: int = 7, pretrained: str | None = None,
+                   stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256), (512, 512)),
+                   pool_size: int = 2, hidden: Sequence[int] = (4096, 4096), drop_rate: float = 0.2,
+                   norm: str = "batch", act: str = "relu") -> VGG:
+    """Khaireddin & Chen's VGGNet (arXiv 2105.03588, usef-kh/fer): four stages of two conv3x3-BN-ReLU and a 2x2
+    max pool (40x40 crops -> 2x2x512), FC 4096, FC 4096 and the head, dropout 0.2 after each hidden FC (their
+    relu(drop(fc(x))) equals dropout after the activation)."""
+    net = VGG(stages=stages, in_chans=in_chans, num_classes=num_classes, norm=norm, act=act, pool_size=pool_size,
+              hidden=hidden, drop_rate=drop_rate)
+    return load_pretrained(net, pretrained, names=vgg_names)

@@ -1,0 +1,80 @@
+"""What `init_from=` means for `ferlab train`: start from another run's network weights, nothing else.
+
+| value | weights from |
+|---|---|
+| path/to/file.ckpt | that checkpoint |
+| path/to/run_dir | `<run_dir>/checkpoints/best.ckpt`, else `last.ckpt` |
+| last:<task_name> | the most recent finished run of that task under `${paths.log_dir}/<task_name>/` (`runs/*` and `multiruns/*/*`) with a checkpoint: finished = metrics.json written (the last thing a run does) and no failed.json; most recent = newest metrics.json |
+
+The run's network is built from this run's own config as usual; then only the checkpoint's `net.*` tensors are
+read (`torch.load(weights_only=True)`; no optimizer, epoch, scheduler or RNG state) and copied through
+`ferlab.models.pretrained.load_weights`: a head of another class count (FER2013 7 -> FER+ 8) is re-initialised
+and reported, weights of another network fail in one line. The checkpoint's stored config is never used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ferlab.errors import FerlabError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = (Path("checkpoints") / "best.ckpt", Path("checkpoints") / "last.ckpt")
+
+
+def finished_runs(task_dir: Path) -> list[Path]:
+    """Run directories of one task that ended (metrics.json, no failed.json), newest metrics.json first."""
+    found = [p.parent for pattern in ("runs/*/metrics.json", "multiruns/*/*/metrics.json")
+             for p in task_dir.glob(pattern)]
+    found = [run for run in found if not (run / "failed.json").exists()]
+    return sorted(found, key=lambda run: (run / "metrics.json").stat().st_mtime, reverse=True)
+
+
+def run_checkpoint(run: Path) -> Path | None:
+    """A run's best.ckpt, else its last.ckpt, else None."""
+    return next((run / c for c in CHECKPOINTS if (run / c).is_file()), None)
+
+
+def resolve_init_from(cfg: DictConfig) -> Path | None:
+    """The checkpoint file `cfg.init_from` names, or None when it is unset."""
+    value = cfg.get("init_from")
+    if value is None or not str(value).strip():
+        return None
+    value = str(value).strip()
+    if value.startswith("last:"):
+        task = value.removeprefix("last:").strip()
+        if not task:
+            raise FerlabError("init_from=last:<task_name> needs a task name, e.g. init_from=last:report004_pretrain")
+        task_dir = Path(cfg.paths.log_dir) / task
+        for run in finished_runs(task_dir):
+            if (ckpt := run_checkpoint(run)) is not None:
+                log.info("init_from=%s: run %s", value, run)
+                return ckpt.resolve()
+        raise FerlabError(f"init_from={value}: no finished run with a checkpoint under {task_dir}")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        ckpt = run_checkpoint(path)
+        if ckpt is None:
+            raise FerlabError(f"init_from={value}: run directory has no {CHECKPOINTS[0]} or {CHECKPOINTS[1]}")
+        return ckpt.resolve()
+    if not path.is_file():
+        raise FerlabError(f"init_from={value}: no such checkpoint file or run directory (or use last:<task_name>)")
+    return path.resolve()
+
+
+def init_weights(net, path: Path):
+    """Copy the network weights of the ferlab checkpoint `path` into `net`; returns the LoadReport."""
+    from ferlab.lit.ckpt_file import load_checkpoint
+    from ferlab.models.pretrained import load_weights
+
+    checkpoint = load_checkpoint(path)  # weights_only; a missing or truncated file is one line
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    state = state if isinstance(state, dict) else {}
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    if not weights:
+        raise FerlabError(f"init_from: {path} is not a ferlab checkpoint (no network weights in it)")
+    return load_weights(net, weights, source=str(path))
