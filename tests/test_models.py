@@ -155,7 +155,7 @@ def test_stored_config_rebuilds_through_the_registry(name: str):
     data = {"in_chans": 1, "num_classes": 7, "image_size": 48}
     cfg = OmegaConf.create({"data": data, "model": OmegaConf.load(MODEL_DIR / f"{name}.yaml")})
     stored = OmegaConf.to_container(cfg.model, resolve=True)
-    target, build = model_builder(stored, f"{name}.ckpt")
+    target, from_registry = model_builder(stored, f"{name}.ckpt")
     assert target == stored["_target_"]
-    rebuilt = build()
+    rebuilt = from_registry()
     rebuilt.load_state_dict(build(name, 1, 48, 7).state_dict())  # strict: same modules, same shapes
