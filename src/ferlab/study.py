@@ -85,29 +85,56 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def _local_file(url: str) -> Path | None:
+    """The file of a journal or SQLite URL, None for a database server or SQLite in memory."""
+    for prefix in (JOURNAL, "sqlite:///"):
+        if url.startswith(prefix):
+            path = url[len(prefix):].split("?")[0] if prefix != JOURNAL else url[len(prefix):]
+            return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None, retry: Any) -> RDBStorage:
+    """Optuna's database storage. Workers starting together on a new database race to create its tables; the
+    losers see "already exists" (or a duplicate key) and simply open it again."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # wait for other workers' writes, do not fail
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                              grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+        except Exception as e:
+            if attempt == 4 or not any(m in str(e) for m in ("already exists", "duplicate key")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int | None = None) -> optuna.storages.BaseStorage:
+                 max_retry: int | None = None, create: bool = True) -> optuna.storages.BaseStorage:
     """The storage at `url`; with a heartbeat interval, stale trials are failed and retried `max_retry` times.
+    Without `create`, a journal or SQLite file must exist (readers never leave an empty one behind).
 
     Raises FerlabError (one line) for a malformed or unreachable URL, a missing driver, or a study database
     written by Optuna < 3 (with the command that upgrades it in place, keeping every trial).
     """
+    path = _local_file(url)
+    if path is not None and not create and not path.is_file():
+        raise FerlabError(f"no study storage at {path} ({url})")
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # SQLite and the journal create the file, not its folder
+        except OSError as e:
+            raise FerlabError(f"cannot open the study storage {url}: {e}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental" since Optuna 2.9
             retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
             if url.startswith(JOURNAL):
-                path = Path(url[len(JOURNAL):])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                return JournalHeartbeatStorage(JournalFileBackend(str(path)), heartbeat_interval, grace_period, retry)
-            engine_kwargs: dict[str, Any] = {}
-            if url.startswith("sqlite:///"):
-                path = url[len("sqlite:///"):].split("?")[0]
-                if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
-                engine_kwargs["connect_args"] = {"timeout": 60}  # wait for other workers' writes, do not fail
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+                backend = JournalFileBackend(url[len(JOURNAL):])
+                return JournalHeartbeatStorage(backend, heartbeat_interval, grace_period, retry)
+            return _rdb_storage(url, heartbeat_interval, grace_period, retry)
     except Exception as e:  # SQLAlchemy's, the driver's and the OS's errors all mean: this storage cannot be used
         if OLD_SCHEMA in str(e):
             raise FerlabError(
@@ -135,7 +162,7 @@ def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
 
 def load_study(url: str, study_name: str, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """An existing study (for trial jobs and reports); FerlabError naming the studies there if it is not."""
-    storage = open_storage(url)
+    storage = open_storage(url, create=False)
     try:
         return optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
     except KeyError:

@@ -273,7 +273,8 @@ class _Search:
         params = [f"{k!s}={v}" for k, v in (sweeper.params or {}).items()]
         self.space, self.fixed = parse_space([*params, *arguments], sweeper.hydra_context.config_loader)
         self.directions = _directions(s["direction"])
-        if len(self.directions) > 1 and not isinstance(make_pruner(s["pruner"]), optuna.pruners.NopPruner):
+        pruner = make_pruner(s["pruner"])  # checked here, before any study is created or any job runs
+        if len(self.directions) > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
             raise FerlabError(f"hydra.sweeper.pruner={s['pruner']}: Optuna prunes single-objective studies only")
         self.sampler_for, grid_size = _samplers(sweeper, self.space)
         self.n_trials = min(s["n_trials"], grid_size) if grid_size is not None else s["n_trials"]
@@ -330,6 +331,7 @@ class _Search:
 
 def search(sweeper: Any, arguments: list[str]) -> None:
     """Run this worker's share of the study; a user mistake (bad storage, direction, pruner) is one line."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study line below says what Optuna would say
     try:
         _Search(sweeper, arguments).run()
     except FerlabError as e:

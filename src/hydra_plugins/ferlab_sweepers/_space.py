@@ -1,7 +1,7 @@
 """The Optuna search space from Hydra overrides: the grammar of Hydra's Optuna sweeper, parsed by Hydra's parser.
 
-    optim.lr=tag(log, interval(1e-4, 1e-1))   log-uniform float (int endpoints: an int)
-    model.drop_rate=interval(0, 0.5)          uniform float (both endpoints int: an int)
+    optim.lr=tag(log, interval(1e-4, 1e-1))   log-uniform float
+    model.drop_rate=interval(0, 0.5)          uniform float; int(interval(4, 16)): uniform int
     data.batch_size=choice(32, 64, 128)       categorical (also `32,64,128` and `glob(...)` over a config group)
     model.width=range(8, 33, 8)               stepped int or float, the values of Hydra's range (stop excluded)
     data.batch_size=64                        a plain override: fixed, and out of the search
