@@ -96,7 +96,7 @@ def _local_file(url: str) -> Path | None:
 
 def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None, retry: Any) -> RDBStorage:
     """Optuna's database storage. Workers starting together on a new database race to create its tables; the
-    losers see "already exists" (or a duplicate key) and simply open it again."""
+    losers see "already exists", a duplicate key or a unique constraint fail, and simply open it again."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for other workers' writes, do not fail
@@ -105,7 +105,7 @@ def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                               grace_period=grace_period, heartbeat_stale_trial_callback=retry)
         except Exception as e:
-            if attempt == 4 or not any(m in str(e) for m in ("already exists", "duplicate key")):
+            if attempt == 4 or not any(m in str(e).lower() for m in ("already exists", "duplicate", "unique constraint")):
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
