@@ -173,14 +173,19 @@ def test_search_space_grammar_is_hydras():
     assert grid_choices("model.depth", space["model.depth"]) == [8, 16, 24, 32]  # Hydra's range: stop excluded
 
 
-def test_storage_urls_pass_through_the_override_grammar():
+def test_storage_urls_reach_jobs_absolute_and_intact(tmp_path, monkeypatch):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from ferlab.study import absolute_url
     from hydra_plugins.ferlab_sweepers._optuna import _quoted
 
     for url in ["journal:////shared/a b/x.log", "postgresql+psycopg://u:p'w\\d@h:5/db?host=/tmp/s", "x\\"]:
         (override,) = OverridesParser.create().parse_overrides([f"hydra.sweeper.storage={_quoted(url)}"])
         assert override.value() == url
+    monkeypatch.chdir(tmp_path)  # jobs on other nodes may start elsewhere: file storages get absolute paths
+    assert absolute_url("sqlite:///./o/x.db?timeout=3") == f"sqlite:///{tmp_path}/o/x.db?timeout=3"
+    assert absolute_url("journal:///j.log") == f"journal:///{tmp_path}/j.log"
+    assert absolute_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
 
 
 def _sha(path: Path) -> str:

@@ -94,6 +94,16 @@ def _local_file(url: str) -> Path | None:
     return None
 
 
+def absolute_url(url: str) -> str:
+    """A journal or SQLite URL with its file made absolute (jobs on other nodes may run in other directories)."""
+    path = _local_file(url)
+    if path is None or path.is_absolute():
+        return url
+    prefix = JOURNAL if url.startswith(JOURNAL) else "sqlite:///"
+    raw = url[len(prefix):] if prefix == JOURNAL else url[len(prefix):].split("?")[0]
+    return prefix + str(path.resolve()) + url[len(prefix) + len(raw):]
+
+
 def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None, retry: Any) -> RDBStorage:
     """Optuna's database storage. Workers starting together on a new database race to create its tables; the
     losers see "already exists", a duplicate key or a unique constraint fail, and simply open it again."""

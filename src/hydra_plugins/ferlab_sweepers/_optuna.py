@@ -36,7 +36,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
 from ferlab.errors import FerlabError
-from ferlab.study import make_pruner, open_storage, safe_url
+from ferlab.study import absolute_url, make_pruner, open_storage, safe_url
 from ferlab.trial import TRIAL_ENV, Pruned
 from hydra_plugins.ferlab_sweepers._space import grid_choices, parse_space, trial_overrides
 
@@ -280,7 +280,7 @@ class _Search:
         self.n_trials = min(s["n_trials"], grid_size) if grid_size is not None else s["n_trials"]
         self.extend = get_method(s["custom_search_space"]) if s["custom_search_space"] else None
         # no storage: a journal file in the sweep dir, so pruning and `ferlab report --study` work all the same
-        self.url = str(s["storage"] or f"journal:///{self.sweep_dir / 'optuna.journal'}")
+        self.url = absolute_url(str(s["storage"] or f"journal:///{self.sweep_dir / 'optuna.journal'}"))
         self.storage = open_storage(self.url, s["heartbeat_interval"], s["grace_period"], s["max_retry"])
         self.study = _open_study(s, self.storage, self.url, self.directions, self.sampler_for(0))
         # every job reports to this study, whatever its own config would interpolate
