@@ -188,6 +188,23 @@ def test_storage_urls_reach_jobs_absolute_and_intact(tmp_path, monkeypatch):
     assert absolute_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
 
 
+def test_journal_heartbeats_fail_a_silent_trial_and_queue_its_retry(tmp_path):
+    from ferlab.study import open_storage
+
+    storage = open_storage(f"journal:///{tmp_path}/study.log", heartbeat_interval=1, grace_period=1, max_retry=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    silent, alive = study.ask(), study.ask()
+    silent.suggest_float("x", 0, 1)
+    storage.record_heartbeat(silent._trial_id)
+    time.sleep(1.5)
+    storage.record_heartbeat(alive._trial_id)  # its worker is alive: the check leaves it alone
+    optuna.storages.fail_stale_trials(study)
+    first, second, retry = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL and second.state == TrialState.RUNNING
+    assert retry.state == TrialState.WAITING and retry.params == first.params
+    assert retry.system_attrs["failed_trial"] == first.number
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.errors import FerlabError
-
-RUN = "ferlab_run"  # the user attribute the sweeper writes (run dir, host, metrics, error)
+from ferlab.trial import RUN_ATTR
 
 
 def _state(trial: Any, retries: dict[int, int]) -> str:
@@ -49,7 +48,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
     rows = []
     for t in sorted(trials, key=order):
-        run = t.user_attrs.get(RUN) or {}
+        run = t.user_attrs.get(RUN_ATTR) or {}
         rows.append({"trial": t.number, "state": _state(t, retries), "values": t.values, "params": t.params,
                      "metrics": run.get("metrics") or {}, "run": run.get("dir"), "host": run.get("host"),
                      "error": run.get("error")})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRIAL_ENV = "FERLAB_OPTUNA_TRIAL"  # the trial number of the study in hydra.sweeper.storage / study_name
+RUN_ATTR = "ferlab_run"  # the trial's user attribute the sweeper fills: run dir, host, headline metrics or error
 
 
 @dataclass(frozen=True)

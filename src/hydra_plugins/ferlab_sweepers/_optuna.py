@@ -37,13 +37,12 @@ from optuna.trial import Trial, TrialState
 
 from ferlab.errors import FerlabError
 from ferlab.study import absolute_url, make_pruner, open_storage, safe_url
-from ferlab.trial import TRIAL_ENV, Pruned
+from ferlab.trial import RUN_ATTR, TRIAL_ENV, Pruned
 from hydra_plugins.ferlab_sweepers._space import grid_choices, parse_space, trial_overrides
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "ferlab_interrupted"  # user attr of trials an earlier ferlab failed because they were left running
-RUN = "ferlab_run"  # user attr: the trial's run dir, host, headline metrics or error
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -199,7 +198,7 @@ def _record(study: optuna.Study, trial: Trial, info: dict, **outcome: Any) -> No
     """Store the run info and tell the outcome. A trial another worker failed meanwhile (its heartbeat came too
     late) stays failed; a GridSampler asking the study to stop (the grid is done) is no error here."""
     try:
-        trial.set_user_attr(RUN, info)
+        trial.set_user_attr(RUN_ATTR, info)
         study.tell(trial, **outcome)
     except UpdateFinishedTrialError:
         log.warning("trial %d was failed by another worker (heartbeat late); its run stays in %s",
