@@ -22,6 +22,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.lit import resilience
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.lit.classifier import Classifier
+    from ferlab.lit.pruning import trial_callbacks
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
     net = instantiate(cfg.model)
@@ -39,6 +40,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [MetricsHistory(), *resilience.callbacks(callbacks)]  # always on, whatever `callbacks=` says
+    callbacks += trial_callbacks(cfg.get("optimized_metric"))  # an Optuna trial: report each epoch, maybe prune
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -74,6 +76,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.hparams import log_hparams
     from ferlab.lit.callbacks import scalars
     from ferlab.lit.preemption import stoppable
+    from ferlab.lit.pruning import pruned
     from ferlab.lit.resume import resolve_ckpt_path
     from ferlab.lit.summary import quiet_lightning
     from ferlab.runfiles import print_summary, write_json
@@ -91,13 +94,16 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
     stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     final = scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
+    stopped_by_pruner = pruned(trainer)
     test_metrics = {}
-    if cfg.get("test") and not trainer.interrupted:
+    if cfg.get("test") and not trainer.interrupted and not stopped_by_pruner:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results = stoppable(trainer.test)(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                            weights_only=True)
         test_metrics = {k: v for r in results for k, v in r.items()}
     metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start, parts["weights"])
+    if stopped_by_pruner:  # the run dir says so; `ferlab report` lists it as pruned
+        metrics["pruned"] = stopped_by_pruner
     run_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -148,8 +154,13 @@ def _last_path(ckpt) -> str | None:
 
 
 def _objective(cfg: DictConfig) -> Any:
-    """The Hydra task: train, then hand the optimized metric to a sweeper (Optuna) if one is named."""
+    """The Hydra task: train, then hand the optimized metric to a sweeper (Optuna) if one is named, or `Pruned`
+    when the search's pruner stopped the run."""
     metrics = run_train(cfg)
+    if metrics.get("pruned"):
+        from ferlab.trial import Pruned
+
+        return Pruned(**metrics["pruned"])
     name = cfg.get("optimized_metric")
     if not name:
         return None

@@ -29,20 +29,26 @@ class FerlabSweeper(BasicSweeper):
         params: overrides swept by default: comma lists for a grid ({"seed": "1,2,3"}), or Optuna's grammar
             for a search ({"optim.lr": "tag(log, interval(1e-4, 1e-1))"}, choice, range).
         sampler: None for a grid; an Optuna sampler (instantiated by Hydra) makes this an Optuna search, with
-            the Optuna sweeper's other settings: direction, study_name, storage (e.g. sqlite:///path/study.db,
-            so a study survives a crash), n_trials (finished trials the study should reach; a resumed study
-            runs only the rest), n_jobs (trials launched together), custom_search_space.
+            the Optuna sweeper's other settings: direction, study_name, storage (sqlite:///path/study.db, a
+            database URL, or journal:///path/study.log; shared by every worker with the same study_name),
+            n_trials (counted trials the study should reach, whichever worker ran them), n_jobs (trials this
+            worker launches together), custom_search_space; and ferlab's: pruner (none, median,
+            successive_halving, hyperband, or a `_target_` config), heartbeat_interval and grace_period
+            (seconds; a trial without a heartbeat for the grace period is failed) and max_retry (retries of such
+            a trial, with the same parameters).
     """
 
     def __init__(
         self, max_batch_size: int | None = None, params: Mapping[str, str] | None = None, sampler: Any = None,
         direction: Any = "maximize", study_name: str | None = None, storage: Any = None, n_trials: int = 20,
-        n_jobs: int = 1, custom_search_space: str | None = None,
+        n_jobs: int = 1, custom_search_space: str | None = None, pruner: Any = None,
+        heartbeat_interval: int = 30, grace_period: int | None = None, max_retry: int | None = 2,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.optuna = None if sampler is None else {
             "sampler": sampler, "direction": direction, "study_name": study_name, "storage": storage,
-            "n_trials": n_trials, "n_jobs": n_jobs, "custom_search_space": custom_search_space}
+            "n_trials": n_trials, "n_jobs": n_jobs, "custom_search_space": custom_search_space, "pruner": pruner,
+            "heartbeat_interval": heartbeat_interval, "grace_period": grace_period, "max_retry": max_retry}
 
     def sweep(self, arguments: list[str]) -> Any:
         if self.optuna is not None:
