@@ -10,11 +10,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from ferlab.data.augment import BatchAugment
 from ferlab.data.cache import load_or_build
 from ferlab.data.clean import Cleaning, clean_train
+from ferlab.data.resumable import EpochRandomSampler, EpochWeightedSampler, ResumableLoader
 from ferlab.data.sources.base import SPLITS, TRAIN_TARGETS, FERData, Source, check_choice
 from ferlab.data.splits import assign_splits, resolve_policy
 from ferlab.errors import FerlabError
@@ -241,23 +242,20 @@ class FERDataModule(pl.LightningDataModule):
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _loader(self, images: Tensor, targets: Tensor, train: bool) -> DataLoader:
+        """A training loader resumable mid-epoch (`ferlab.data.resumable`), or an evaluation loader in order."""
         dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind) if train else \
             BatchTensorDataset(images, targets)
-        sampler = None
-        if train and self.sampler == "balanced":
+        common = {"num_workers": self.num_workers, "collate_fn": collate_batch, "pin_memory": torch.cuda.is_available(),
+                  "persistent_workers": self.num_workers > 0}
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
+        if self.sampler == "balanced":
             weights = 1.0 / self.class_counts.clamp(min=1).double()
-            sampler = WeightedRandomSampler(weights[targets], num_samples=len(targets), replacement=True)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate_batch,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+            sampler = EpochWeightedSampler(weights[targets], num_samples=len(targets), replacement=True)
+        else:
+            sampler = EpochRandomSampler(dataset)
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=torch.Generator(),
+                               drop_last=len(dataset) > self.batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(*self.splits["train"], train=True)
