@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import signal
 import sys
 import threading
@@ -61,9 +62,9 @@ class WorkerError(RuntimeError):
     def of(cls, error: BaseException) -> WorkerError:
         user = as_user_error(error)
         kind = type(error) if isinstance(error, FerlabError) else type(user) if user is not None else type(error)
-        return cls(json.dumps({"module": kind.__module__, "type": kind.__qualname__, "user": user is not None
-                               or isinstance(error, FerlabError), "message": str(user or error),
-                               "traceback": traceback.format_exc()}))
+        return cls(json.dumps({"module": kind.__module__, "type": kind.__qualname__, "message": str(user or error),
+                               "user": user is not None or isinstance(error, FerlabError),
+                               "per_rank": isinstance(error, FerlabError), "traceback": traceback.format_exc()}))
 
 
 class StatefulLauncher(_MultiProcessingLauncher):
@@ -83,6 +84,8 @@ class StatefulLauncher(_MultiProcessingLauncher):
         previous = {s: signal.signal(s, forward) for s in (*SIGNALS, signal.SIGINT)} if in_main_thread else {}
         done = threading.Event()
         threading.Thread(target=self._stop_all_when_one_fails, args=(done,), daemon=True).start()
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")  # "Terminating process ..." after a failure:
+        level, spawn_log.level = spawn_log.level, logging.ERROR  # the workers left are stopped on purpose
         try:
             results = super().launch(function, *args, trainer=trainer, **kwargs)
             for datamodule in [*args, *kwargs.values()]:  # sizes and normalization for metrics.json (cached: fast)
@@ -100,6 +103,7 @@ class StatefulLauncher(_MultiProcessingLauncher):
             raise (Interrupted(message) if signum == signal.SIGINT else Preempted(signum, message)) from None
         finally:
             done.set()
+            spawn_log.setLevel(level)
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -163,7 +167,8 @@ def _worker_error(worker_traceback: str, rank: int) -> BaseException:
             cls = get_class(f"{info['module']}.{info['type']}")
         except Exception:  # not importable here: keep the message, lose the class
             cls = FerlabError
-        return (cls if issubclass(cls, FerlabError) else FerlabError)(f"rank {rank}: {info['message']}")
+        rank_of = f"rank {rank}: " if info["per_rank"] else ""  # a config mistake is every rank's
+        return (cls if issubclass(cls, FerlabError) else FerlabError)(f"{rank_of}{info['message']}")
     error = RuntimeError(f"rank {rank}: {info['type']}: {one_line(info['message'])}")
     error.add_note(info["traceback"])
     return error

@@ -6,6 +6,7 @@ the DDP launcher on an error a worker process raised.
 
 from __future__ import annotations
 
+import math
 import re
 
 from ferlab.errors import FerlabError
@@ -29,10 +30,12 @@ def user_error(kind: str, message: str) -> FerlabError | None:
         return FerlabError(f"invalid trainer setting: {one_line(message).replace('`', '')}")
     limit, split, length = float(match["limit"]), match["split"], int(match["length"])
     key = f"trainer.limit_{split}_batches"
-    batches = f"{length} batch{'es' if length != 1 else ''}"
+    smallest = f"{math.ceil(1000 / length) / 1000:.3f}".rstrip("0")  # rounded up: Lightning takes int(f x batches)
+    smallest += "0" if smallest.endswith(".") else ""  # a float: Lightning reads an int as a number of batches
     return FerlabError(
-        f"{key}={limit:g} selects no {split} batch: the {split} split has {batches} per process and "
-        f"{limit:g} x {length} < 1; use at least {key}={1 / length:.3g}, or a count of batches such as {key}=1")
+        f"{key}={limit:g} selects no {split} batch: the {split} split has {length} batch{'es' * (length != 1)} per "
+        f"process and {limit:g} x {length} < 1; use a fraction of at least {key}={smallest}, or a number of "
+        f"batches such as {key}=1")
 
 
 def as_user_error(error: BaseException) -> FerlabError | None:
