@@ -99,9 +99,12 @@ class FailOnRank(Callback):
             raise FerlabError(f"simulated user error on rank {self.rank}")
 
 
+NO_VAL_BATCH = "trainer.limit_val_batches=0.1 selects no val batch"
+
+
 @pytest.mark.parametrize("where,overrides,expected", [
-    ("one process", ["trainer=cpu", "trainer.limit_val_batches=0.1"], "trainer.limit_val_batches=0.1 selects no val"),
-    ("every rank", ["trainer=ddp_sim", "trainer.limit_val_batches=0.1"], "trainer.limit_val_batches=0.1 selects no val"),
+    ("one process", ["trainer=cpu", "trainer.limit_val_batches=0.1"], NO_VAL_BATCH),
+    ("every rank", ["trainer=ddp_sim", "trainer.limit_val_batches=0.1"], NO_VAL_BATCH),
     ("rank 1 only", ["trainer=ddp_sim", "+callbacks.boom._target_=tests.test_ddp.FailOnRank", "+callbacks.boom.rank=1"],
      "rank 1: simulated user error on rank 1"),
 ])

@@ -37,7 +37,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks), Preemption()]  # always on, whatever `callbacks=` says
+    # always on, whatever `callbacks=` says
+    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks), Preemption()]
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -101,7 +101,9 @@ def stop_message(signum: int, trainer: pl.Trainer, saved: Path | None = None) ->
     if last is None or not last.is_file():
         return f"{head}; no checkpoint saved yet, nothing to resume"
     resume = f"resume with ckpt_path={trainer.default_root_dir}"
-    return f"{head}; checkpoint saved to {saved}; {resume}" if saved and signum != signal.SIGINT else f"{head}; {resume}"
+    if saved and signum != signal.SIGINT:  # pre-emption logs are read later: say which file holds the state
+        return f"{head}; checkpoint saved to {saved}; {resume}"
+    return f"{head}; {resume}"
 
 
 def preempted(trainer: pl.Trainer, signum: int | None = None) -> Preempted:
