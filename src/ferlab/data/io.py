@@ -70,6 +70,13 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         raise
 
 
+def remove_temporaries(directory: str | Path, suffix: str) -> None:
+    """Delete what writes of `*<suffix>` files killed outright (SIGKILL) left in `directory`: their temporaries
+    (`atomic_path` names them `.<name>.<random><suffix>`); a process that is not killed removes its own."""
+    for tmp in Path(directory).glob(f".*{suffix}"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], size: int | None = None) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path` (see `atomic_path`)."""
     with atomic_path(path, size) as tmp:

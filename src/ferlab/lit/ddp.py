@@ -47,6 +47,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError, Interrupted, Preempted
 from ferlab.lit.preemption import SIGNALS, TWICE, preempted
 from ferlab.lit.resilience import last_checkpoint
@@ -75,7 +76,7 @@ class StatefulLauncher(_MultiProcessingLauncher):
 
         def forward(signum: int, frame: Any) -> None:
             if signum == signal.SIGINT and received:  # a second Ctrl-C: stop now
-                self.kill(signal.SIGKILL)
+                self._kill_all(trainer)
                 raise Interrupted(TWICE)
             received.append(signum)
             self.kill(signal.SIGTERM if signum == signal.SIGINT else signum)  # workers save and stop
@@ -83,7 +84,7 @@ class StatefulLauncher(_MultiProcessingLauncher):
         in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal needs it
         previous = {s: signal.signal(s, forward) for s in (*SIGNALS, signal.SIGINT)} if in_main_thread else {}
         done = threading.Event()
-        threading.Thread(target=self._stop_all_when_one_fails, args=(done,), daemon=True).start()
+        threading.Thread(target=self._stop_all_when_one_fails, args=(done, trainer), daemon=True).start()
         spawn_log = logging.getLogger("torch.multiprocessing.spawn")  # "Terminating process ..." after a failure:
         level, spawn_log.level = spawn_log.level, logging.ERROR  # the workers left are stopped on purpose
         try:
@@ -107,16 +108,26 @@ class StatefulLauncher(_MultiProcessingLauncher):
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def _stop_all_when_one_fails(self, done: threading.Event) -> None:
+    def _stop_all_when_one_fails(self, done: threading.Event, trainer: pl.Trainer | None) -> None:
         """Kill the other workers as soon as one exits with an error: they would wait in a collective operation
         for it until torch's join, which gives them 30 s after SIGTERM before killing them."""
         while not done.wait(POLL_S):
             procs = list(getattr(self, "procs", []))
             if any(p.exitcode not in (None, 0) and p.exitcode - 128 not in SIGNALS for p in procs):
-                for p in procs:
-                    if p.is_alive():
-                        p.kill()
+                self._kill_all(trainer)
                 return
+
+    def _kill_all(self, trainer: pl.Trainer | None) -> None:
+        """SIGKILL every worker; then remove the temporary file a checkpoint save they were in left behind."""
+        procs = list(getattr(self, "procs", []))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(5)
+        last = last_checkpoint(trainer) if trainer is not None else None
+        if last is not None and last.parent.is_dir():
+            remove_temporaries(last.parent, last.suffix)
 
     def _wrapping_function(self, process_idx: int, trainer: pl.Trainer | None, *args: Any, **kwargs: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (see `launch`)

@@ -89,8 +89,9 @@ class Preemption(Callback):
         keeper = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
         if keeper is not None and keeper.path is not None and trainer.state.fn == "fit":
             self.saved = keeper.save(trainer)
-            log.warning("signal %s: saved %s at epoch %d, step %d", self.received, self.saved,
-                        trainer.current_epoch, trainer.global_step)
+            if trainer.is_global_zero:  # the error line says it too; this is for the log file
+                log.info("%s: saved %s at epoch %d, step %d", signal.Signals(self.received or signal.SIGTERM).name,
+                         self.saved, trainer.current_epoch, trainer.global_step)
 
 
 def stop_message(signum: int, trainer: pl.Trainer, saved: Path | None = None) -> str:

@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from torch import Tensor
 from torchmetrics import Metric
 
+from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError
 from ferlab.lit.resume import LAST_NAME
 
@@ -85,6 +86,8 @@ class LastCheckpoint(Checkpoint):
             self.dirpath = self.dirpath or Path(owners[0].dirpath or Path(trainer.default_root_dir) / "checkpoints")
             for owner in owners:
                 owner.save_last = False
+            if trainer.is_global_zero and self.dirpath.is_dir():  # left by an earlier attempt killed mid-save
+                remove_temporaries(self.dirpath, ".ckpt")
 
     @property
     def path(self) -> Path | None:
@@ -138,26 +141,33 @@ class EpochState(Callback):
     Lightning restores the loops (which batch comes next) and the dataloader (`ferlab.data.resumable`); not the
     epoch's partial torchmetrics states (train/loss and train/acc so far: the resumed epoch would average only the
     batches after the resume) nor `trainer.callback_metrics` (the epoch's `lr-*`, logged by LearningRateMonitor
-    when the epoch started: the epoch's history row would lack it). Both are saved in every checkpoint and put
-    back before the first resumed batch, only when Lightning resumes mid-epoch.
+    when the epoch started: the epoch's history row would lack it). Both are saved in every checkpoint, one entry
+    per rank (each rank holds its own share of the batches), and put back before the first resumed batch, only
+    when Lightning resumes mid-epoch.
     """
 
     KEY = "ferlab_epoch_state"
 
     def __init__(self) -> None:
-        self.pending: dict[str, Any] | None = None
+        self.pending: list[dict[str, Any]] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         scalars = {k: v.detach().cpu() for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
-        checkpoint[self.KEY] = {"metrics": _metric_states(pl_module), "callback_metrics": scalars}
+        mine = {"metrics": _metric_states(pl_module), "callback_metrics": scalars}
+        ranks = [mine]
+        if trainer.world_size > 1 and torch.distributed.is_initialized():  # every rank saves: a collective is safe
+            ranks = [None] * trainer.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        checkpoint[self.KEY] = ranks
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self.pending = checkpoint.get(self.KEY)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state, self.pending = self.pending, None
-        if state is None or not trainer.fit_loop.restarted_mid_epoch:
+        ranks, self.pending = self.pending, None
+        if not ranks or not trainer.fit_loop.restarted_mid_epoch:
             return
+        state = ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
         _load_metric_states(pl_module, state["metrics"])
         trainer.callback_metrics.update({k: v.to(pl_module.device) for k, v in state["callback_metrics"].items()})
 
