@@ -60,6 +60,16 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SlowSteps(Callback):
+    """Sleeps after every training step, so a signal sent from outside lands in the middle of training."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(self.seconds)
+
+
 def _ferlab_child(argv: list[str], root: str, log: str) -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds a Python process
@@ -224,9 +234,10 @@ def test_sigterm_at_a_random_batch_exits_143_and_resumes_exactly(ferlab_proc, un
 def test_ctrl_c_at_a_random_moment_exits_130_with_one_line_and_resumes_exactly(ferlab_proc, uninterrupted, make_cfg,
                                                                                tmp_path):
     run, log = tmp_path / "run", tmp_path / "log.txt"
-    proc = ferlab_proc("train", *FAST, *EXACT, f"hydra.run.dir={run}", root=tmp_path, log=log)
+    slow = ["+callbacks.slow._target_=tests.test_resume.SlowSteps", "+callbacks.slow.seconds=0.1"]  # 0.7 s per epoch
+    proc = ferlab_proc("train", *FAST, *EXACT, *slow, f"hydra.run.dir={run}", root=tmp_path, log=log)
     _wait(lambda: not proc.is_alive() or _ckpt_epoch(run / LAST) >= 0)  # epoch 0 done
-    time.sleep(random.Random(130).uniform(0, 0.8 * uninterrupted["wall_time_s"] / 3))  # then anywhere in epoch 1
+    time.sleep(random.Random(130).uniform(0, 1.0))  # then anywhere in epoch 1 or 2: a step, validation, a save
     assert proc.is_alive(), "the run finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     proc.join(180)

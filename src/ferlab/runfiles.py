@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.data.io import atomic_write_text
+from ferlab.errors import Preempted
 
 NOT_STARTED = "NotStarted"  # failed.json type of a sweep job the sweeper never started
 STOPPED = ("Preempted", "Interrupted", NOT_STARTED)  # failed.json types of runs that continue with ckpt_path=auto
@@ -33,12 +34,12 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 def write_failed(run_dir: Path, error: BaseException) -> Path:
-    """failed.json: the exception type, message and where it came from; for a run stopped by a signal (a
-    SystemExit such as `Preempted`) also its exit code, which ends a sweep it stopped."""
+    """failed.json: the exception type, message and where it came from; for a run stopped by a signal
+    (`Preempted`, `Interrupted`) also its exit code, with which a sweep it stopped ends."""
     tb = traceback.extract_tb(error.__traceback__)
     info = {"type": type(error).__name__, "message": str(error), "where": f"{tb[-1].filename}:{tb[-1].lineno}" if tb
             else None}
-    if isinstance(error, SystemExit) and isinstance(error.code, int):
+    if isinstance(error, Preempted):
         info["exit_code"] = error.code
     return write_json(run_dir / "failed.json", info)
 

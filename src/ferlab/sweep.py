@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
-from ferlab.runfiles import NOT_STARTED, write_json
+from ferlab.runfiles import NOT_STARTED, STOPPED, write_json
 
 log = logging.getLogger("ferlab.sweep")
 
@@ -49,7 +49,7 @@ def _stop(runs: list, sweep_dir: Path) -> tuple[str, int] | None:
         except (OSError, ValueError):
             continue
         waiting += info.get("type") == NOT_STARTED
-        if "exit_code" in info:
+        if info.get("type") in STOPPED and "exit_code" in info:  # stopped by a signal
             stopped.append((run, info))
     if not stopped:
         return None
