@@ -34,9 +34,8 @@ def _disk_full(error: BaseException, directory: Path, needed: int) -> bool:
     return isinstance(error, RuntimeError) and _free(directory) < max(needed, 1 << 20)
 
 
-def _full_error(path: Path, needed: int) -> DiskFull:
-    return DiskFull(f"no space left on device writing {path} (about {_mb(needed)} MB needed, "
-                    f"{_mb(_free(path.parent))} MB free)")
+def _full_error(path: Path, needed: int, free: int) -> DiskFull:
+    return DiskFull(f"no space left on device writing {path} (about {_mb(needed)} MB needed, {_mb(free)} MB free)")
 
 
 @contextlib.contextmanager
@@ -50,8 +49,9 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if size is not None and _free(path.parent) < size:
-        raise _full_error(path, size)
+    free = _free(path.parent)  # before writing: the failed write's file may stay allocated while its handle lives
+    if size is not None and free < size:
+        raise _full_error(path, size, free)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -64,9 +64,9 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
     except BaseException as e:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        needed = size or max(written, path.stat().st_size if path.exists() else 0)
+        needed = max(size or 0, written, path.stat().st_size if path.exists() else 0)  # the previous version's size
         if isinstance(e, Exception) and not isinstance(e, DiskFull) and _disk_full(e, path.parent, needed):
-            raise _full_error(path, needed) from None
+            raise _full_error(path, needed, free) from None
         raise
 
 
