@@ -115,7 +115,7 @@ def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:
     from ferlab.lit.user_errors import as_user_error
 
     if isinstance(e, KeyboardInterrupt):
-        from ferlab.lit.resume import LAST
+        from ferlab.runfiles import LAST
 
         out = _job_dir(cfg)
         resumable = out is not None and (out / LAST).is_file()

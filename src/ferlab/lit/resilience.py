@@ -22,7 +22,7 @@ from torchmetrics import Metric
 
 from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError
-from ferlab.lit.resume import LAST_NAME
+from ferlab.runfiles import LAST_NAME
 
 log = logging.getLogger(__name__)
 

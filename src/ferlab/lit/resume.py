@@ -24,11 +24,9 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from ferlab.errors import FerlabError
+from ferlab.runfiles import LAST
 
 log = logging.getLogger(__name__)
-
-LAST_NAME = "last.ckpt"  # written by ferlab.lit.resilience.LastCheckpoint into the run's checkpoint dir
-LAST = Path("checkpoints") / LAST_NAME  # relative to a run dir
 
 
 def latest_run(runs_dir: Path) -> Path | None:
