@@ -53,11 +53,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class RngState(Callback):
     """Saves the global RNG states in every checkpoint and puts them back when a run resumes from it.
 
-    Lightning restores weights, optimizer, scheduler and loop counters but not the RNGs. Shuffling (RandomSampler
-    and WeightedRandomSampler draw their seed from torch's global RNG when the epoch's iterator starts), dataloader
-    worker seeds, the batched augmentation and dropout all draw from them, so restoring them is what makes a run
-    resumed at an epoch boundary bit-identical to one never stopped. The states are applied as soon as Lightning
-    loads callback states, which is before the resumed epoch's iterator is created and nothing draws in between.
+    Lightning restores weights, optimizer, scheduler and loop counters but not the RNGs. Shuffling (each epoch's
+    seed is drawn from torch's global RNG when its first batch is fetched: `ferlab.data.resumable`), the batched
+    augmentation and dropout all draw from them, so restoring them is what makes a resumed run bit-identical to one
+    never stopped. The states are applied as soon as Lightning loads callback states; nothing draws from them
+    before the first resumed batch (a mid-epoch resume replays the epoch's order from its saved seed instead of
+    drawing one, and loaders seed their workers from their own generators).
     """
 
     def state_dict(self) -> dict[str, Any]:
