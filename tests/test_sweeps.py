@@ -206,3 +206,29 @@ def test_slurm_preset_requeues_and_resumes(make_cfg):
     from ferlab.lit.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path(cfg) is None  # first attempt: nothing to resume; later attempts: <run>/checkpoints/last.ckpt
+
+
+def test_ctrl_c_stops_the_sweep_lists_what_is_left_and_the_same_sweep_continues(tmp_path):
+    # a real SIGINT to the sweep's process during job 0's second step (the basic launcher runs jobs in-process)
+    sweep = tmp_path / "sweep"
+    ctrl_c = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", "+callbacks.sig.step=1",
+              f"+callbacks.sig.signum={int(signal.SIGINT)}"]
+    args = ["train", "-m", "seed=1,2,3", *QUIET, "trainer.limit_val_batches=2", f"hydra.sweep.dir={sweep}"]
+    r = run_cli(*args, *ctrl_c, cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join(sys.path)})  # finds tests.*
+    assert r.returncode == 130, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ferlab: error:")]
+    assert len(errors) == 1 and "sweep stopped: job 0: interrupted at epoch 0, step 1" in errors[0]
+    assert "2 jobs not started" in errors[0] and f"hydra.sweep.dir={sweep} ckpt_path=auto" in errors[0]
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]  # jobs 1 and 2 never ran
+    assert not (sweep / "1" / "train.log").exists() and not (sweep / "2" / "checkpoints").exists()
+    unfinished = (sweep / "report.md").read_text().split("### Unfinished runs")[1]
+    assert "(seed=1): interrupted at epoch 0, step 1" in unfinished
+    assert "(seed=2): not started" in unfinished and "(seed=3): not started" in unfinished
+
+    r = run_cli(*args, "ckpt_path=auto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = _report_json(sweep)
+    assert data["failed"] == [] and data["incomplete"] == [] and sorted(data["rows"][0]["seeds"]) == ["1", "2", "3"]
+    assert f"resuming from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in r.stdout  # job 0 went on from step 1
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["global_step"] == 2

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.errors import FerlabError
-from ferlab.runfiles import headline_metrics
+from ferlab.runfiles import STOPPED, headline_metrics
 
 SKIP_DIRS = {"checkpoints", "tensorboard", ".submitit", "csv", "eval", "__pycache__"}
 METRIC_ORDER = {"acc": 0, "f1_macro": 1, "loss": 2}
@@ -123,6 +123,8 @@ def load_run(path: Path) -> Run:
             error = f"{info.get('type', 'Error')}: {info.get('message', '')}"
         except (OSError, ValueError) as e:
             info, error = {}, f"unreadable failed.json ({e})"
+        if info.get("type") in STOPPED:  # stopped by a signal, or never started: unfinished, not failed
+            return Run(path, overrides, "incomplete", error=str(info.get("message", "")))
         return Run(path, overrides, "failed", error=error, error_type=str(info.get("type", "")))
     metrics_file = path / "metrics.json"
     if not metrics_file.exists():
@@ -271,8 +273,8 @@ def to_markdown(report: Report) -> str:
                         ("Pruned runs", report.pruned)):
         if runs:
             out += ["", f"### {title}", ""]
-            out += [f"- `{_label(r, report)}` ({config_label({k: r.overrides.get(k) for k in config_keys})}): "
-                    f"{r.error}" for r in runs]
+            out += [f"- `{_label(r, report)}` ({config_label({k: r.overrides.get(k) for k in report.swept})}): "
+                    f"{r.error}" for r in runs]  # seed included: it tells a sweep's unfinished jobs apart
     return "\n".join(out) + "\n"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ferlab import labels
-from ferlab.errors import FerlabError
+from ferlab.errors import DiskFull, FerlabError, Interrupted, Preempted
 from ferlab.searchpath import conf_root, user_searchpath_overrides, with_user_configs
 
 CONF_DIR = str(conf_root())  # ferlab's own configs, inside the package; user folders come after (searchpath.py)
@@ -129,29 +129,58 @@ def _unwrap_user_error(e: BaseException) -> BaseException:
     return e.__cause__ if isinstance(e, InstantiationException) and isinstance(e.__cause__, FerlabError) else e
 
 
-def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run a task; on failure write failed.json, print user errors as one line, keep sweeps going."""
-    try:
-        return fn(cfg)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # SystemExit too: one job must not take a sweep down
-        e = _unwrap_user_error(e)
-        if isinstance(e, SystemExit) and not e.code and not _in_multirun():  # in a sweep, exit(0) ends a job only
-            raise
-        from ferlab.runfiles import write_failed
+def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:
+    """The error as the user should see it: Ctrl-C outside the training loop as `Interrupted`, a user error from
+    inside `instantiate` unwrapped, a Lightning misconfiguration as a FerlabError naming the key."""
+    from ferlab.lit.user_errors import as_user_error
+
+    if isinstance(e, KeyboardInterrupt):
+        from ferlab.runfiles import LAST
 
         out = _job_dir(cfg)
-        if out is not None and _rank_zero():
+        resumable = out is not None and (out / LAST).is_file()
+        return Interrupted(f"interrupted; resume with ckpt_path={out}" if resumable else "interrupted before "
+                           "the first checkpoint was saved; nothing to resume")
+    e = _unwrap_user_error(e)
+    return as_user_error(e) or e
+
+
+def _record(cfg: DictConfig, e: BaseException) -> None:
+    """failed.json in the job's dir (rank 0 only); skipped silently when it cannot be written (a full disk)."""
+    from ferlab.runfiles import write_failed
+
+    out = _job_dir(cfg)
+    if out is not None and _rank_zero():
+        try:
             write_failed(out, e)
-        message = f"{type(e).__name__}: {e}" if not isinstance(e, FerlabError) else str(e)
+        except (OSError, DiskFull):  # the error line below is what matters
+            pass
+
+
+def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run a task; on failure write failed.json, print user errors as one line, keep sweeps going.
+
+    A run stopped by a signal (`Preempted`; Ctrl-C: `Interrupted`, exit status 130) stops a sweep as well: the
+    ferlab sweeper starts no further job.
+    """
+    try:
+        return fn(cfg)
+    except BaseException as e:  # SystemExit too: one job must not take a sweep down
+        e = _as_reported(e, cfg)
+        if isinstance(e, SystemExit) and not e.code and not _in_multirun():  # in a sweep, exit(0) ends a job only
+            raise
+        _record(cfg, e)
+        message = str(e) if isinstance(e, (FerlabError, Preempted)) else f"{type(e).__name__}: {e}"
         if _in_multirun():
+            if isinstance(e, Preempted):
+                log.error("job stopped: %s", message)
+                raise e from None
             log.error("job failed: %s", message)
             raise JobFailed(message) from e
         if isinstance(e, (FerlabError, SystemExit)):
-            print(f"ferlab: error: {e}", file=sys.stderr)
+            print(f"ferlab: error: {message}", file=sys.stderr)
             sys.exit(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
-        raise
+        raise  # a bug, not a user mistake: Hydra prints its traceback
 
 
 def _reuse_group_listing_repo() -> None:

@@ -22,6 +22,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.lit import resilience
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.lit.classifier import Classifier
+    from ferlab.lit.preemption import Preemption
     from ferlab.lit.pruning import trial_callbacks
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
@@ -39,7 +40,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks)]  # always on, whatever `callbacks=` says
+    # always on, whatever `callbacks=` says
+    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks), Preemption()]
     callbacks += trial_callbacks(cfg.get("optimized_metric"))  # an Optuna trial: report each epoch, maybe prune
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -77,7 +79,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.lit.callbacks import scalars
     from ferlab.lit.preemption import stoppable
     from ferlab.lit.pruning import pruned
-    from ferlab.lit.resume import resolve_ckpt_path
+    from ferlab.lit.resume import check_fits, resolve_ckpt_path
     from ferlab.lit.summary import quiet_lightning
     from ferlab.runfiles import print_summary, write_json
 
@@ -92,6 +94,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     parts = build(cfg)
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
+    if ckpt_path is not None:  # another model's checkpoint is one line, not Lightning's list of missing keys
+        check_fits(ckpt_path, model, model.hparams.config)
     stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     final = scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
     stopped_by_pruner = pruned(trainer)
@@ -139,18 +143,18 @@ def collect_metrics(
         "global_step": trainer.global_step,
         "wall_time_s": wall_time,
         "dataset": {"name": datamodule.name, "sizes": datamodule.sizes, "meta": datamodule.meta},
-        "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(ckpt)},
+        "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(trainer)},
         "weights": weights or {},
         "history": history,
         "ferlab": version_info(),  # the code that made this result: version, and git commit from a checkout
     }
 
 
-def _last_path(ckpt) -> str | None:
-    if ckpt is None or not ckpt.dirpath:
-        return None
-    last = Path(ckpt.dirpath) / "last.ckpt"
-    return str(last) if last.exists() else None
+def _last_path(trainer) -> str | None:
+    from ferlab.lit.resilience import last_checkpoint
+
+    last = last_checkpoint(trainer)
+    return str(last) if last is not None and last.exists() else None
 
 
 def _objective(cfg: DictConfig) -> Any:

@@ -52,6 +52,9 @@ class Classifier(pl.LightningModule):
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
+        # a torchmetrics mean rather than Lightning's own epoch mean: its partial state is saved with a checkpoint
+        # written mid-epoch (ferlab.lit.resilience.EpochState), so a resumed epoch averages all its batches
+        self.train_loss = MeanMetric()
         self.val_metrics = _metrics(num_classes, "val")
         self.test_prefixes = list(test_prefixes)
         self.test_metrics = nn.ModuleList([_metrics(num_classes, p) for p in self.test_prefixes])
@@ -80,7 +83,8 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         loss = self.loss_fn(logits, y)
         self.train_metrics(logits.argmax(1), self.hard_targets(y))
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.train_loss.update(loss.detach(), weight=len(x))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         self.log("train/acc", self.train_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 

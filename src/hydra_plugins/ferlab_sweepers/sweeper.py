@@ -3,12 +3,15 @@
 Hydra's basic sweeper raises the first failure once a batch is done, and its Optuna sweeper aborts the search
 at the first failed trial. Here every job runs; failed jobs leave `failed.json` in their run dir, Optuna
 records them as failed trials and goes on, and `ferlab.sweep.SweepSummary` (a Hydra callback) lists them
-at the end and makes the exit status non-zero.
+at the end and makes the exit status non-zero. A job stopped by a signal (Ctrl-C, SIGTERM) stops the grid: no
+further job starts, each one left is marked not started in its run dir, and the summary says how to continue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,9 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+
+from ferlab.errors import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,44 @@ class FerlabSweeper(BasicSweeper):
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)  # a bad group name fails here, before any job runs
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            except (Preempted, KeyboardInterrupt) as stop:  # a job stopped by a signal: start no further job
+                with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
+                    signal.signal(signal.SIGINT, _exit_now(stop))
+                self._mark_not_started([*batch, *(job for b in self.overrides[self.batch_index:] for job in b)],
+                                       job_idx)
+                break
             job_idx += len(batch)
             returns.append(results)
         return returns
+
+    def _job_dir(self, overrides: Sequence[str], idx: int) -> Path:
+        """The run dir Hydra gives job `idx`: composed as the launcher does, unless the subdir is the job number."""
+        sweep = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
+        if sweep["subdir"] in ("${hydra.job.num}", "${hydra.job.id}"):  # ferlab's default: no composition needed
+            return Path(self.config.hydra.sweep.dir) / str(idx)
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = idx
+        return Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
+
+    def _mark_not_started(self, jobs: list[Sequence[str]], first_idx: int) -> None:
+        """Mark each job without a run dir yet as not started, in the run dir Hydra would give it."""
+        from ferlab.sweep import mark_not_started
+
+        for idx, overrides in enumerate(jobs, start=first_idx):
+            job_dir = self._job_dir(overrides, idx)
+            if not (job_dir / ".hydra").exists():
+                mark_not_started(job_dir, list(overrides))
+
+
+def _exit_now(stop: BaseException) -> Any:
+    """A SIGINT handler for the sweep's wrap-up after a stop: another Ctrl-C ends the process with the stop's
+    status at once, without a traceback (what is written is written atomically)."""
+    code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(code)
+
+    return handler
