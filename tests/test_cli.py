@@ -65,6 +65,17 @@ def test_two_run_modes_at_once_are_one_line(tmp_path):
         "ferlab train: error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"]
 
 
+def test_an_unquoted_non_ascii_path_gets_the_quoted_form_to_type(tmp_path):
+    r = run_cli("train", "data=fer5", "data.source.root=/data/数据 集/fer5", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("ferlab train: error: cannot parse the override")
+    assert r.stderr.rstrip().endswith("""type it as 'data.source.root="/data/数据 集/fer5"'""")
+    from ferlab.cli import quoting_hint
+
+    assert quoting_hint(["-m", "data.source.root=/数据/a,/数据/b"]).endswith("""'data.source.root="/数据/a","/数据/b"'""")
+    assert quoting_hint(["data.source.root=/data/my data/fer5", "+x=1"]) is None  # Hydra parses these as they are
+
+
 def test_missing_csv_is_one_clear_line(tmp_path):
     r = run_cli("train", "data=fer2013", f"data.source.csv_path={tmp_path}/missing.csv", *TINY[1:], cwd=tmp_path)
     assert r.returncode == 1
@@ -80,6 +91,14 @@ def test_multirun_over_two_values_makes_two_run_dirs(tmp_path):
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [p.name for p in runs] == ["0", "1"]
     assert "seed=1" in (runs[0] / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_default_train_output_has_no_lightning_tip_and_no_flops_column(tmp_path):
+    r = run_cli("train", *[a for a in TINY if not a.startswith("callbacks.")], "test=false", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Trainable params" in out and "│ net " in out  # the model summary is still printed...
+    assert "FLOPs" not in out and "litlogger" not in out and "TPU available" not in out  # ...without the noise
 
 
 def test_two_runs_started_together_get_different_dirs(tmp_path):

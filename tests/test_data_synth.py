@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ferlab.data.sources.affectnet import AffectNet
 from ferlab.data.sources.fer2013 import Fer2013Csv
 from ferlab.data.sources.ferplus import FerPlus
 from ferlab.data.sources.folders import ImageFolders
+from ferlab.data.sources.rafdb import RafDb
 from ferlab.labels import FER5, FER2013
 from ferlab.synth import FORMATS
 from ferlab.synth import main as synth
@@ -43,6 +45,10 @@ def test_every_layout_reads_back_with_the_same_faces(written):
     assert plus.soft_targets.shape == (len(plus.targets), 10) and plus.meta["rows"] < 150  # non-faces left out
     fer5 = ImageFolders(str(written / "fer5"), FER5, image_size=32, channels=3).read()
     assert len(fer5.targets) == 150 and set(fer5.targets) == set(range(5))
+    raf, raf_folders = (RafDb(str(written / f), image_size=16).read() for f in ("rafdb", "rafdb_folders"))
+    assert raf.split_sizes() == raf_folders.split_sizes() == {"train": 135, "test": 15}  # --test-fraction 0.1
+    for layout in ("affectnet", "affectnet2021"):
+        assert set(AffectNet(str(written / layout), image_size=16).read().targets) == set(range(8))
 
 
 def test_refuses_to_overwrite_a_folder_unless_asked(written, capsys):

@@ -12,8 +12,10 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_utilities.core.rank_zero import rank_zero_only
+from pytorch_lightning.callbacks import Callback
 
 from ferlab import runner
+from ferlab.errors import FerlabError
 from ferlab.lit.ddp import DDPStrategy
 from ferlab.train import build, run_train
 
@@ -84,3 +86,36 @@ def test_ddp_multinode_is_one_rank_per_slurm_task(make_cfg, monkeypatch):
     assert trainer.strategy.cluster_environment.creates_processes_externally  # the launcher starts no process
     assert not trainer.is_global_zero
     assert not runner._rank_zero()  # so failed.json is left to rank 0 as well
+
+
+class FailOnRank(Callback):
+    """Raises a FerlabError on one rank when training starts; the other rank waits in the first gradient sync."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == self.rank:
+            raise FerlabError(f"simulated user error on rank {self.rank}")
+
+
+NO_VAL_BATCH = "trainer.limit_val_batches=0.1 selects no val batch"
+
+
+@pytest.mark.parametrize("where,overrides,expected", [
+    ("one process", ["trainer=cpu", "trainer.limit_val_batches=0.1"], NO_VAL_BATCH),
+    ("every rank", ["trainer=ddp_sim", "trainer.limit_val_batches=0.1"], NO_VAL_BATCH),
+    ("rank 1 only", ["trainer=ddp_sim", "+callbacks.boom._target_=tests.test_ddp.FailOnRank", "+callbacks.boom.rank=1"],
+     "rank 1: simulated user error on rank 1"),
+])
+def test_a_mistake_in_a_worker_is_one_line(make_cfg, capfd, where, overrides, expected):
+    # val: 60 images, 30 per rank: one batch, and 0.1 of one batch is none (Lightning's MisconfigurationException)
+    cfg = make_cfg(*overrides, "trainer.strategy.start_method=fork" if "ddp_sim" in overrides[0] else "seed=1")
+    with pytest.raises(SystemExit) as info:
+        runner.guarded(run_train, cfg)
+    err = capfd.readouterr().err  # the file descriptor: what the worker processes print too
+    lines = [line for line in err.splitlines() if line.startswith("ferlab: error:")]
+    assert info.value.code == 1 and len(lines) == 1 and expected in lines[0], err[-3000:]
+    assert "Traceback" not in err
+    failed = json.loads((Path(cfg.paths.output_dir) / "failed.json").read_text())
+    assert failed["type"] == "FerlabError" and failed["message"] == lines[0].removeprefix("ferlab: error: ")

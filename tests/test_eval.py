@@ -97,6 +97,24 @@ def test_training_reports_both_test_splits_like_the_logged_metrics(trained):
     assert "eval/confusion_matrix" in tb_image_tags(run / "tensorboard")
 
 
+def test_training_report_reuses_the_test_pass_unless_the_test_was_limited(make_cfg, monkeypatch):
+    import ferlab.analysis.report as eval_report
+    from ferlab.train import run_train
+
+    full_pass = eval_report.predict_split
+    monkeypatch.setattr(eval_report, "predict_split", lambda *a, **k: pytest.fail("test split predicted twice"))
+    tiny = ["data.source.num_images=300", "trainer.limit_train_batches=2", "logger=none"]
+    metrics = run_train(make_cfg(*tiny))
+    (split,) = json.loads((run_dir(metrics) / "eval" / "report.json").read_text())["splits"].values()
+    assert split["accuracy"] == pytest.approx(metrics["test"]["test/acc"], abs=1e-6)
+    assert split["num_images"] == metrics["dataset"]["sizes"]["test"]
+    calls = []
+    monkeypatch.setattr(eval_report, "predict_split", lambda *a, **k: calls.append(1) or full_pass(*a, **k))
+    limited = run_train(make_cfg(*tiny, "data.eval_batch_size=8", "trainer.limit_test_batches=1"))
+    (split,) = json.loads((run_dir(limited) / "eval" / "report.json").read_text())["splits"].values()
+    assert calls and split["num_images"] == limited["dataset"]["sizes"]["test"] > 8  # the whole split, as before
+
+
 def cli_in_process(monkeypatch, cwd: Path, *args: str) -> int | str | None:
     """`ferlab <args>` through the real CLI entry (cli.main -> Hydra -> guarded) in this process; its exit code."""
     from ferlab.cli import main

@@ -144,3 +144,18 @@ def test_model_contract_rgb224(name: str):
     torch.testing.assert_close(frozen_logits.detach(), logits,
                                msg="eval not deterministic, or train/eval differ beyond BN and dropout")
     check_backward(net, loss, cam)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_stored_config_rebuilds_through_the_registry(name: str):
+    """What a checkpoint stores (the resolved model config, plain values) rebuilds the same network through the
+    registry alone (ferlab.lit.restore): no instantiate on what a file says, every weight fits."""
+    from ferlab.lit.restore import model_builder
+
+    data = {"in_chans": 1, "num_classes": 7, "image_size": 48}
+    cfg = OmegaConf.create({"data": data, "model": OmegaConf.load(MODEL_DIR / f"{name}.yaml")})
+    stored = OmegaConf.to_container(cfg.model, resolve=True)
+    target, from_registry = model_builder(stored, f"{name}.ckpt")
+    assert target == stored["_target_"]
+    rebuilt = from_registry()
+    rebuilt.load_state_dict(build(name, 1, 48, 7).state_dict())  # strict: same modules, same shapes

@@ -51,6 +51,19 @@ def write_clip(path: Path, frames: int = 6, size: tuple[int, int] = (320, 240)) 
     return placed
 
 
+def header_only_png(path: Path, width: int, height: int) -> None:
+    """A PNG whose header says width x height (8-bit gray) with one row of pixel data: 70 bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+                     + chunk(b"IEND", b""))
+
+
 def iou(a, b) -> float:
     """Intersection over union of two [x, y, w, h] boxes."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
@@ -181,6 +194,24 @@ def test_folder_skips_unreadable_reports_faceless_ignores_other_files(ckpt, phot
     assert flat["summary"]["files"] == 2 and not (Path(flat["output_dir"]) / "annotated").exists()
 
 
+def test_an_image_over_the_pixel_limit_is_skipped_unread_with_its_reason(ckpt, photo, tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    huge = folder / "huge.png"
+    header_only_png(huge, 20_000, 20_000)  # decoding it would take 1.2 GB (and fail: its data is one row)
+    cv2.imwrite(str(folder / "astronaut.png"), astronaut())
+    result = run_predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={folder}", "annotate=false"))
+    (skipped,) = result["summary"]["skipped"]
+    assert skipped["file"] == str(huge) and result["summary"]["faces"] == 1
+    assert "20000x20000 = 400,000,000 pixels is above max_pixels=120,000,000" in skipped["reason"]
+    assert json.loads(Path(result["files"][1]).read_text())["summary"]["skipped"] == [skipped]
+    alone = run_predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={photo}", "max_pixels=200000"))
+    assert alone["summary"]["faces"] == 0 and alone["summary"]["files"] == 0  # a single input: skipped the same way
+    assert "512x512 = 262,144 pixels is above max_pixels=200,000" in alone["summary"]["skipped"][0]["reason"]
+    with pytest.raises(FerlabError, match="max_pixels must be null or a positive number of pixels, got -1"):
+        run_predict(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={photo}", "max_pixels=-1"))
+
+
 def test_video_rows_follow_the_moving_face_and_annotated_video_has_every_frame(ckpt, tmp_path):
     clip = tmp_path / "clip.mp4"
     placed = write_clip(clip)
@@ -247,3 +278,15 @@ def test_task_modules_stay_light_and_help_answers(tmp_path):
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr[-2000:]
     r = run_cli("predict", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "== ferlab predict ==" in r.stdout and "detector: haar, haar_fast, none" in r.stdout
+
+
+def test_a_synthetic_trained_model_says_what_it_can_do(ckpt, photo, tmp_path, capsys):
+    """One note on stderr when the checkpoint was trained on data=synthetic, none for a real dataset."""
+    run_predict(predict_cfg(tmp_path / "a", f"ckpt_path={ckpt}", f"input={photo}", "progress=false"))
+    err = capsys.readouterr().err
+    assert err.count("trained on ferlab's synthetic faces") == 1 and "data=fer2013" in err
+    real = torch.load(ckpt, weights_only=True, map_location="cpu")
+    real["hyper_parameters"]["config"]["data"]["name"] = "fer2013"
+    torch.save(real, tmp_path / "real.ckpt")
+    run_predict(predict_cfg(tmp_path / "b", f"ckpt_path={tmp_path / 'real.ckpt'}", f"input={photo}", "progress=false"))
+    assert "synthetic" not in capsys.readouterr().err

@@ -55,3 +55,14 @@ def test_weights_that_do_not_fit_and_class_mismatch(trained, tmp_path):
         restore(bad)
     with pytest.raises(FerlabError, match="predicts 7 classes"):
         check_classes(restore(trained), 8, "data ferplus")
+
+
+def test_pretrained_weights_are_not_fetched_again_when_restoring(trained, tmp_path, monkeypatch):
+    """A run trained from model.pretrained=imagenet restores offline: the weights are the checkpoint's."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_cache"))
+    ckpt = torch.load(trained, weights_only=True, map_location="cpu")
+    ckpt["hyper_parameters"]["config"]["model"]["pretrained"] = "imagenet"
+    path = tmp_path / "from_imagenet.ckpt"
+    torch.save(ckpt, path)
+    r = restore(path)
+    assert r.config["model"]["pretrained"] == "imagenet" and not (tmp_path / "empty_cache").exists()

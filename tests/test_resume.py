@@ -1,5 +1,6 @@
 """Exact resume: RNG state in checkpoints, last.ckpt every epoch, ckpt_path=<run dir>|last|auto, SIGKILL at
-random points, SIGTERM/SIGUSR1 saving a checkpoint and exiting non-zero, and a kill in the middle of a save.
+random points, SIGTERM/SIGUSR1/SIGINT (Ctrl-C) at a random batch saving a checkpoint that resumes bit-exactly
+mid-epoch, a second Ctrl-C while saving, and a kill in the middle of a save.
 
 Runs killed with real signals are real processes running `ferlab train`; they are forked from a server that
 has torch and Lightning imported already (multiprocessing's forkserver), so each costs ~1 s instead of ~9.
@@ -21,14 +22,14 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ferlab.errors import FerlabError
+from ferlab.errors import FerlabError, Interrupted, Preempted
 from ferlab.lit.checkpoint_io import AtomicCheckpointIO
 from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.preemption import Preempted
+from ferlab.lit.preemption import TWICE
 from ferlab.lit.resilience import rng_state, set_rng_state
 from ferlab.lit.resume import resolve_ckpt_path
 from ferlab.train import run_train
-from tests.conftest import FAST
+from tests.conftest import FAST, compose_cfg
 
 PRELOAD = ["torch", "pytorch_lightning", "ferlab.train", "ferlab.lit.classifier", "ferlab.lit.resilience",
            "ferlab.data.datamodule", "ferlab.models.resnet", "tests.test_resume"]
@@ -59,8 +60,19 @@ class SignalAtStep(Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SlowSteps(Callback):
+    """Sleeps after every training step, so a signal sent from outside lands in the middle of training."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(self.seconds)
+
+
 def _ferlab_child(argv: list[str], root: str, log: str) -> None:
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds a Python process
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -104,6 +116,25 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def _same_weights(a: Path, b: Path) -> bool:
     wa, wb = _weights(a), _weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# 3 epochs of 7 steps; dropout and the report's augmentation draw from the RNG at every step
+EXACT = ["trainer.max_epochs=3", "test=false", "seed=7", "augment=report001", "model.drop_rate=0.2"]
+STEPS = 21
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """metrics.json of an EXACT run never stopped, and its run dir under "dir"."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return {**run_train(compose_cfg(run.parent, [*FAST, *EXACT, f"paths.output_dir={run}"])), "dir": run}
+
+
+def _resume_matches(uninterrupted: dict, run: Path, make_cfg, tmp_path: Path) -> None:
+    """Resume `run` (stopped mid-way) in this process: its history and weights equal the uninterrupted run's."""
+    resumed = run_train(make_cfg(*EXACT, f"ckpt_path={run}", f"paths.output_dir={tmp_path / 'resumer'}"))
+    assert resumed["global_step"] == STEPS and resumed["history"] == uninterrupted["history"]
+    assert _same_weights(run / LAST, uninterrupted["dir"] / LAST)
 
 
 # ---- in-process ---------------------------------------------------------------------------------------------------
@@ -182,26 +213,64 @@ def test_sigusr1_saves_mid_epoch_checkpoint_and_raises_preempted(make_cfg, tmp_p
 
 # ---- real processes -----------------------------------------------------------------------------------------------
 
-def test_sigterm_exits_143_with_checkpoint_then_resume_completes(ferlab_proc, tmp_path):
+def test_sigterm_at_a_random_batch_exits_143_and_resumes_exactly(ferlab_proc, uninterrupted, make_cfg, tmp_path):
+    step = random.Random(143).randrange(1, STEPS)  # a batch inside an epoch or its last one: both must be exact
     run, log = tmp_path / "run", tmp_path / "log.txt"
-    argv = ["train", *FAST, "trainer.max_epochs=3", "test=false"]
-    sig = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", "+callbacks.sig.step=10",
+    sig = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", f"+callbacks.sig.step={step}",
            f"+callbacks.sig.signum={int(signal.SIGTERM)}"]
-    proc = ferlab_proc(*argv, *sig, f"hydra.run.dir={run}", root=tmp_path, log=log)
+    proc = ferlab_proc("train", *FAST, *EXACT, *sig, f"hydra.run.dir={run}", root=tmp_path, log=log)
     proc.join(180)
     assert proc.exitcode == 143, log.read_text()[-2000:]
     errors = [line for line in log.read_text().splitlines() if line.startswith("ferlab: error:")]
-    assert len(errors) == 1 and "stopped by SIGTERM at epoch 1, step 10" in errors[0]
-    assert load_checkpoint(run / LAST)["global_step"] == 10
+    assert len(errors) == 1 and f"stopped by SIGTERM at epoch {step // 7}, step {step}" in errors[0]
+    assert f"resume with ckpt_path={run}" in errors[0] and "Traceback" not in log.read_text()
+    assert load_checkpoint(run / LAST)["global_step"] == step
     assert json.loads((run / "failed.json").read_text())["type"] == "Preempted"
 
-    proc = ferlab_proc(*argv, f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'resumer'}", root=tmp_path, log=log)
-    proc.join(180)
-    assert proc.exitcode == 0, log.read_text()[-2000:]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs"] == 3 and metrics["global_step"] == 21  # 7 steps per epoch, none lost or repeated
-    assert [r["epoch"] for r in metrics["history"]] == [0, 1, 2]
+    _resume_matches(uninterrupted, run, make_cfg, tmp_path)
     assert not (run / "failed.json").exists()
+
+
+def test_ctrl_c_at_a_random_moment_exits_130_with_one_line_and_resumes_exactly(ferlab_proc, uninterrupted, make_cfg,
+                                                                               tmp_path):
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    slow = ["+callbacks.slow._target_=tests.test_resume.SlowSteps", "+callbacks.slow.seconds=0.1"]  # 0.7 s per epoch
+    proc = ferlab_proc("train", *FAST, *EXACT, *slow, f"hydra.run.dir={run}", root=tmp_path, log=log)
+    _wait(lambda: not proc.is_alive() or _ckpt_epoch(run / LAST) >= 0)  # epoch 0 done
+    time.sleep(random.Random(130).uniform(0, 1.0))  # then anywhere in epoch 1 or 2: a step, validation, a save
+    assert proc.is_alive(), "the run finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    proc.join(180)
+    text = log.read_text()
+    assert proc.exitcode == 130, text[-2000:]
+    errors = [line for line in text.splitlines() if line.startswith("ferlab: error:")]
+    assert len(errors) == 1 and errors[0].startswith("ferlab: error: interrupted at epoch ")
+    assert errors[0].endswith(f"resume with ckpt_path={run}") and "Traceback" not in text
+    assert "KeyboardInterrupt" not in text
+    failed = json.loads((run / "failed.json").read_text())
+    assert failed["type"] == "Interrupted" and failed["exit_code"] == 130
+    _resume_matches(uninterrupted, run, make_cfg, tmp_path)
+
+
+def test_second_ctrl_c_while_saving_stops_at_once_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch):
+    save = torch.save
+
+    def interrupted_save(obj, f) -> None:  # the save the first Ctrl-C asked for, interrupted half-way by a second
+        if isinstance(obj, dict) and obj.get("global_step") == 10:
+            Path(f).write_bytes(b"PK" + bytes(100_000))
+            os.kill(os.getpid(), signal.SIGINT)
+        save(obj, f)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    cfg = make_cfg("trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                   "+callbacks.sig.step=10", f"+callbacks.sig.signum={int(signal.SIGINT)}")
+    with pytest.raises(Interrupted) as info:
+        run_train(cfg)
+    assert str(info.value) == TWICE and info.value.code == 130
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 7  # epoch 0's, intact
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file left
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_sigkill_at_five_random_points_then_resume_matches_uninterrupted(ferlab_proc, make_cfg, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from ferlab.sweep import NO_DATA_HINT
 from tests.conftest import run_cli
 
 TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -37,12 +38,19 @@ def _report_json(*dirs: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def _hparams(run: Path) -> tuple[dict, dict]:
+def _tensorboard_runs(logdir: Path) -> list[str]:
+    """The run names `tensorboard --logdir <logdir>` lists: each folder with events, relative to the logdir."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    return sorted(EventMultiplexer().AddRunsFromDirectory(str(logdir)).Runs())
+
+
+def _hparams(events: Path) -> tuple[dict, dict]:
     """The HPARAMS session of a run's TensorBoard events: hyperparameters, and the hp/* scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    acc = EventAccumulator(str(run / "tensorboard"))
+    acc = EventAccumulator(str(events))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
@@ -69,11 +77,24 @@ def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
         assert row["metrics"]["val/acc"]["mean"] == saved["best_epoch_metrics"]["val/acc"]
         assert row["metrics"]["test/acc"]["mean"] == saved["test"]["test/acc"]
         assert row["metrics"]["test/f1_macro"]["mean"] == saved["test"]["test/f1_macro"]
-    params, scalars = _hparams(runs[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
+    names = [f"{job}/tensorboard/model.drop_rate={p},optim={o}" for job, (o, p) in
+             enumerate([("adam", "0.0"), ("adam", "0.2"), ("sgd", "0.0"), ("sgd", "0.2")])]
+    assert _tensorboard_runs(sweep) == names  # each run named by the swept overrides, not the common ones
+    params, scalars = _hparams(sweep / names[3])  # the same numbers in TensorBoard's HPARAMS view, with the overrides
     saved = json.loads((runs[3] / "metrics.json").read_text())
     assert params["optim"] == "sgd" and params["model.drop_rate"] == pytest.approx(0.2)
     assert scalars["hp/val/acc"] == pytest.approx(saved["best_epoch_metrics"]["val/acc"])
     assert scalars["hp/test/acc"] == pytest.approx(saved["test"]["test/acc"])
+
+
+def test_tensorboard_run_names_keep_swept_keys_and_shorten_long_values():
+    from ferlab.tbname import run_name
+
+    job = ["seed=1", "optim.lr=0.000123456789", 'data.source.root="/data/数据 集/fer5/"', "trainer.max_epochs=2",
+           "+tags=" + "x" * 40]
+    assert run_name(job, {"optim.lr", "data.source.root", "tags", "seed"}) == (
+        "data.source.root=fer5,optim.lr=0.0001235,seed=1,tags=xxxxxxxxxxx..xxxxxxxxxxx")
+    assert run_name(["b=2", "a=1"], set()) == "a=1,b=2"  # no sweep information: every override
 
 
 def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
@@ -87,10 +108,18 @@ def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
     for job, kind in (("0", "FerlabError"), ("2", "FerlabError"), ("3", "SystemExit")):
         assert json.loads((sweep / job / "failed.json").read_text())["type"] == kind
     assert "3 of 4 jobs failed" in r.stderr and "data.batch_size=0" in r.stderr and "SystemExit: 3" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and NO_DATA_HINT not in r.stderr  # not all of them for missing data
     data = _report_json(sweep)
     assert len(data["rows"]) == 1 and len(data["failed"]) == 3
     assert "### Failed runs" in (sweep / "report.md").read_text()
+
+
+def test_a_sweep_failing_only_for_missing_datasets_hints_at_synthetic_data(tmp_path):
+    # the Lightning-Hydra template's habit on a fresh clone: its experiments with debug=fdr, no dataset on disk
+    r = run_cli("train", "-m", "experiment=report001_resnet18_fer2013,report004_lenet7_ferplus", "debug=fdr",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr and "fer2013.csv does not exist" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == NO_DATA_HINT
 
 
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):
@@ -112,8 +141,9 @@ def _study(db: Path, name: str = "train_synthetic"):
 def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_crash(tmp_path):
     from optuna.trial import TrialState
 
+    # heartbeats every second: the killed trial is stale 2 s after the kill, long before the second command asks
     args = [sys.executable, "-m", "ferlab", "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-            *QUIET]
+            "hydra.sweeper.heartbeat_interval=1", *QUIET]
     env = {**os.environ, "FERLAB_ROOT": str(tmp_path)}
     env.pop("FERLAB_RUN_ID", None)
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -133,7 +163,8 @@ def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_cra
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(db).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[1].user_attrs["ferlab_interrupted"] and trials[0].params == before[0].params
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 1]  # failed by heartbeat, run again
+    assert retry.params == before[1].params and trials[0].params == before[0].params
     (second,) = [p for p in runs.iterdir() if p.name.endswith("resumed")]
     assert sorted(p.name for p in second.iterdir() if p.is_dir()) == ["2", "3"]  # job number = trial number
     results = yaml.safe_load((second / "optimization_results.yaml").read_text())
@@ -175,3 +206,29 @@ def test_slurm_preset_requeues_and_resumes(make_cfg):
     from ferlab.lit.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path(cfg) is None  # first attempt: nothing to resume; later attempts: <run>/checkpoints/last.ckpt
+
+
+def test_ctrl_c_stops_the_sweep_lists_what_is_left_and_the_same_sweep_continues(tmp_path):
+    # a real SIGINT to the sweep's process during job 0's second step (the basic launcher runs jobs in-process)
+    sweep = tmp_path / "sweep"
+    ctrl_c = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", "+callbacks.sig.step=1",
+              f"+callbacks.sig.signum={int(signal.SIGINT)}"]
+    args = ["train", "-m", "seed=1,2,3", *QUIET, "trainer.limit_val_batches=2", f"hydra.sweep.dir={sweep}"]
+    r = run_cli(*args, *ctrl_c, cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join(sys.path)})  # finds tests.*
+    assert r.returncode == 130, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ferlab: error:")]
+    assert len(errors) == 1 and "sweep stopped: job 0: interrupted at epoch 0, step 1" in errors[0]
+    assert "2 jobs not started" in errors[0] and f"hydra.sweep.dir={sweep} ckpt_path=auto" in errors[0]
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]  # jobs 1 and 2 never ran
+    assert not (sweep / "1" / "train.log").exists() and not (sweep / "2" / "checkpoints").exists()
+    unfinished = (sweep / "report.md").read_text().split("### Unfinished runs")[1]
+    assert "(seed=1): interrupted at epoch 0, step 1" in unfinished
+    assert "(seed=2): not started" in unfinished and "(seed=3): not started" in unfinished
+
+    r = run_cli(*args, "ckpt_path=auto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = _report_json(sweep)
+    assert data["failed"] == [] and data["incomplete"] == [] and sorted(data["rows"][0]["seeds"]) == ["1", "2", "3"]
+    assert f"resuming from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in r.stdout  # job 0 went on from step 1
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["global_step"] == 2

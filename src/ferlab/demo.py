@@ -44,11 +44,8 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
     """Open the source, run the loop until it ends (or q/Esc), print and return frames, faces and FPS."""
     import contextlib
 
-    from hydra.utils import instantiate
-
-    from ferlab.infer.backends import load_model
     from ferlab.infer.media import AtomicVideoWriter, VideoSource
-    from ferlab.infer.predictor import Predictor
+    from ferlab.infer.setup import build_predictor
     from ferlab.infer.video import Window, run_loop
 
     if cfg.max_frames is not None and int(cfg.max_frames) < 1:
@@ -56,8 +53,7 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
     out = demo_out_path(cfg)
     source = VideoSource(parse_source(cfg.source), cfg.max_frames)
     window = Window(str(cfg.window_title)) if cfg.display else None  # no screen: fail before loading the model
-    model = load_model(cfg.ckpt_path, cfg.backend, cfg.model_path, cfg.color, cfg.device, int(cfg.threads))
-    predictor = Predictor(model, instantiate(cfg.detector))
+    predictor = build_predictor(cfg)
     writer = AtomicVideoWriter(out, source.fps) if out is not None else None
     try:
         with writer or contextlib.nullcontext():

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task, require_checkpoint
+from ferlab.runner import hydra_task, require_checkpoint, user_model
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out_path) if cfg.get("out_path") else exported_path(cfg.ckpt_path, cfg.format)
     if out.exists() and not cfg.overwrite:
         raise FerlabError(f"{out} exists; pass overwrite=true to replace it")
-    restored = restore(cfg.ckpt_path, map_location="cpu")
+    restored = restore(cfg.ckpt_path, map_location="cpu", model=user_model(cfg))
     result = export(restored, cfg.format, out, opset=int(cfg.opset), exporter=str(cfg.exporter),
                     batches=tuple(cfg.check_batches), atol=float(cfg.atol), seed=int(cfg.seed))
     diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.diffs.items())

@@ -16,10 +16,20 @@ FERPLUS_EXTRA_COLUMNS = ("unknown", "NF")
 # Report 000's five-class folder dataset.
 FER5 = ("Angry", "Happy", "Neutral", "Sad", "Surprise")
 
+# RAF-DB basic: ids 1..7 in list_patition_label.txt (and the DATASET/{train,test}/1..7 folders), shifted to 0..6.
+RAFDB = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+
+# AffectNet (manually annotated) expression ids 0..7; 8, 9 and 10 are not classes (their rows are dropped).
+AFFECTNET = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+AFFECTNET_NOT_CLASSES = {8: "none", 9: "uncertain", 10: "non_face"}
+
 DATASETS: dict[str, tuple[str, ...]] = {
     "fer2013": FER2013,
     "ferplus": FERPLUS,
     "fer5": FER5,
+    "rafdb": RAFDB,
+    "affectnet8": AFFECTNET,
+    "affectnet7": AFFECTNET[:7],  # data.source.classes=7: without contempt, as most 7-class papers report
 }
 
 # Training-split class frequencies of FER2013 (28,709 images); the synthetic renderer follows them.

@@ -36,15 +36,18 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def _check(cfg: DictConfig) -> Path:
-    from ferlab.infer.media import VideoSource, media_kind, read_image
+    from ferlab.infer.media import VideoSource, media_kind, over_pixel_limit, read_image
 
     if not cfg.get("input"):
         raise FerlabError("input is required: an image, a video or a folder of them (input=path)")
     source = Path(str(cfg.input))
     if not source.exists():
         raise FerlabError(f"input not found: {source}")
+    if cfg.max_pixels is not None and (not isinstance(cfg.max_pixels, int) or cfg.max_pixels < 1):
+        raise FerlabError(f"max_pixels must be null or a positive number of pixels, got {cfg.max_pixels!r}")
     if source.is_file() and media_kind(source) == "image":
-        read_image(source)  # a bad file fails before the model is loaded
+        if not over_pixel_limit(source, cfg.max_pixels):  # a huge one is skipped later, never decoded
+            read_image(source)  # a bad file fails before the model is loaded
     elif source.is_file():
         VideoSource(source).close()
     if int(cfg.frame_stride) < 1 or (cfg.max_frames is not None and int(cfg.max_frames) < 1):
@@ -54,25 +57,23 @@ def _check(cfg: DictConfig) -> Path:
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect and classify every face of `cfg.input`; write the results; return the summary and paths."""
-    from hydra.utils import instantiate
     from rich.progress import Progress
 
-    from ferlab.infer.backends import load_model
     from ferlab.infer.pipeline import Job, predict_file, predict_folder
-    from ferlab.infer.predictor import Predictor
     from ferlab.infer.records import PredictionLog
+    from ferlab.infer.setup import build_predictor
 
     source = _check(cfg)
     out = output_dir(cfg)
-    model = load_model(cfg.ckpt_path, cfg.backend, cfg.model_path, cfg.color, cfg.device, int(cfg.threads))
-    predictor = Predictor(model, instantiate(cfg.detector))
+    predictor = build_predictor(cfg)
+    model = predictor.model
     records = PredictionLog(model.class_names, {
         "backend": model.backend, "path": str(model.source), "input": model.spec.to_dict(),
         "detector": OmegaConf.to_container(cfg.detector, resolve=True),
     })
     with Progress(disable=not cfg.progress, transient=True) as progress:
         job = Job(predictor, records, out / "annotated" if cfg.annotate else None, progress,
-                  int(cfg.frame_stride), cfg.max_frames, bool(cfg.bars))
+                  int(cfg.frame_stride), cfg.max_frames, bool(cfg.bars), cfg.max_pixels)
         if source.is_dir():
             predict_folder(job, source, bool(cfg.recursive), exclude=out)
         else:
@@ -107,7 +108,9 @@ def print_summary(summary: dict[str, Any], out: Path, predictor: Any) -> None:
         more = " ..." if len(summary["no_face"]) > 5 else ""
         say(f"no face found in {len(summary['no_face'])} file(s): {', '.join(summary['no_face'][:5])}{more}")
     if summary["skipped"]:
-        say(f"skipped {len(summary['skipped'])} unreadable file(s): {', '.join(s['file'] for s in summary['skipped'][:5])}")
+        skipped = summary["skipped"]  # each reason names its file
+        more = " ..." if len(skipped) > 3 else ""
+        say(f"skipped {len(skipped)} file(s): {'; '.join(s['reason'] for s in skipped[:3])}{more}")
     if summary["ignored"]:
         say(f"ignored {len(summary['ignored'])} file(s) that are neither images nor videos")
     say(f"results: {out / 'predictions.csv'}, {out / 'predictions.json'}")

@@ -4,7 +4,8 @@ Each run contributes its overrides (`.hydra/overrides.yaml`) and metrics (`metri
 differ between runs become columns; runs that differ only in `seed` form one row with mean ± std (sample
 standard deviation, n - 1) and n. Validation metrics are those of the best epoch (the checkpoint that was
 tested); test metrics are the test run of that checkpoint. Failed runs (`failed.json`) are listed with their
-error. Light on purpose: no torch import.
+error, runs an Optuna pruner stopped as pruned. `--study STORAGE NAME` tables an Optuna study instead (all its
+workers' trials; `ferlab.study_report`). Light on purpose: no torch import.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.errors import FerlabError
-from ferlab.runfiles import headline_metrics
+from ferlab.runfiles import STOPPED, headline_metrics
 
 SKIP_DIRS = {"checkpoints", "tensorboard", ".submitit", "csv", "eval", "__pycache__"}
 METRIC_ORDER = {"acc": 0, "f1_macro": 1, "loss": 2}
@@ -35,10 +36,11 @@ class Run:
 
     path: Path
     overrides: dict[str, str]
-    status: str  # ok | failed | incomplete
+    status: str  # ok | failed | incomplete | pruned
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     error: str = ""
+    error_type: str = ""  # failed.json's exception type, e.g. FerlabError, DataNotFound
     monitor: str | None = None
     mode: str | None = None
 
@@ -75,6 +77,7 @@ class Report:
     descending: bool
     failed: list[Run]
     incomplete: list[Run]
+    pruned: list[Run] = field(default_factory=list)
 
 
 def _number(value: Any) -> float | None:
@@ -119,8 +122,10 @@ def load_run(path: Path) -> Run:
             info = json.loads(failed.read_text())
             error = f"{info.get('type', 'Error')}: {info.get('message', '')}"
         except (OSError, ValueError) as e:
-            error = f"unreadable failed.json ({e})"
-        return Run(path, overrides, "failed", error=error)
+            info, error = {}, f"unreadable failed.json ({e})"
+        if info.get("type") in STOPPED:  # stopped by a signal, or never started: unfinished, not failed
+            return Run(path, overrides, "incomplete", error=str(info.get("message", "")))
+        return Run(path, overrides, "failed", error=error, error_type=str(info.get("type", "")))
     metrics_file = path / "metrics.json"
     if not metrics_file.exists():
         return Run(path, overrides, "incomplete", error="no metrics.json (still running, or killed)")
@@ -129,6 +134,10 @@ def load_run(path: Path) -> Run:
     except (OSError, ValueError) as e:
         return Run(path, overrides, "incomplete", error=f"unreadable metrics.json ({e})")
     best = data.get("best") or {}
+    if data.get("pruned"):  # an Optuna trial the pruner stopped: partial training, not a result to rank
+        cut = data["pruned"]
+        return Run(path, overrides, "pruned", _flat_metrics(data), list(data.get("history") or []),
+                   error=f"pruned at epoch {cut.get('epoch')} ({best.get('monitor')} {cut.get('value')})")
     return Run(path, overrides, "ok", _flat_metrics(data), list(data.get("history") or []),
                monitor=best.get("monitor"), mode=best.get("mode"))
 
@@ -210,8 +219,9 @@ def build_report(
         rows.sort(key=order)
     failed = [r for r in runs if r.status == "failed"]
     incomplete = [r for r in runs if r.status == "incomplete"]
+    pruned = [r for r in runs if r.status == "pruned"]
     columns = list(metrics or [m for m in available if "/" in m])
-    return Report(dirs, rows, swept, common, columns, sort, descending, failed, incomplete)
+    return Report(dirs, rows, swept, common, columns, sort, descending, failed, incomplete, pruned)
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
@@ -242,7 +252,9 @@ def config_label(config: dict[str, str | None]) -> str:
 def to_markdown(report: Report) -> str:
     """The table as the reports print theirs, then the failed and unfinished runs."""
     n_runs = sum(len(r.runs) for r in report.rows)
-    head = [f"## ferlab report: {n_runs} finished, {len(report.failed)} failed, {len(report.incomplete)} unfinished",
+    pruned = f", {len(report.pruned)} pruned" if report.pruned else ""
+    head = [f"## ferlab report: {n_runs} finished, {len(report.failed)} failed, {len(report.incomplete)} unfinished"
+            f"{pruned}",
             "", f"Runs under: {', '.join(f'`{d}`' for d in report.dirs)}"]
     if report.common:
         head.append("Common overrides: " + " ".join(f"`{k}={v}`" for k, v in report.common.items()))
@@ -257,11 +269,12 @@ def to_markdown(report: Report) -> str:
         cells += [_fmt(*row.stat(m)[:2]) for m in report.metrics]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     out = [*head, "", *lines] if report.rows else [*head, "", "No run finished."]
-    for title, runs in (("Failed runs", report.failed), ("Unfinished runs", report.incomplete)):
+    for title, runs in (("Failed runs", report.failed), ("Unfinished runs", report.incomplete),
+                        ("Pruned runs", report.pruned)):
         if runs:
             out += ["", f"### {title}", ""]
-            out += [f"- `{_label(r, report)}` ({config_label({k: r.overrides.get(k) for k in config_keys})}): "
-                    f"{r.error}" for r in runs]
+            out += [f"- `{_label(r, report)}` ({config_label({k: r.overrides.get(k) for k in report.swept})}): "
+                    f"{r.error}" for r in runs]  # seed included: it tells a sweep's unfinished jobs apart
     return "\n".join(out) + "\n"
 
 
@@ -276,7 +289,7 @@ def to_csv(report: Report) -> str:
         cells = [v for mean, std, _ in stats for v in (mean, std)]
         writer.writerow([*(row.config.get(k) or "" for k in config_keys), "ok", len(row.runs),
                          *("" if v is None else repr(v) for v in cells), ""])
-    for run in report.failed + report.incomplete:
+    for run in report.failed + report.incomplete + report.pruned:
         writer.writerow([*(run.overrides.get(k, "") for k in config_keys), run.status, 0,
                          *([""] * (2 * len(report.metrics))), run.error])
     return buf.getvalue()
@@ -297,7 +310,8 @@ def to_json(report: Report) -> str:
                      "runs": [str(r.path) for r in row.runs], "seeds": [r.overrides.get("seed") for r in row.runs]})
     data = {"dirs": [str(d) for d in report.dirs], "swept": report.swept, "common": report.common,
             "sort": report.sort, "descending": report.descending, "rows": rows,
-            "failed": [run_info(r) for r in report.failed], "incomplete": [run_info(r) for r in report.incomplete]}
+            "failed": [run_info(r) for r in report.failed], "incomplete": [run_info(r) for r in report.incomplete],
+            "pruned": [run_info(r) for r in report.pruned]}
     return json.dumps(data, indent=2, default=str) + "\n"
 
 
@@ -314,9 +328,22 @@ def write_report(report: Report, out_dir: Path, fmt: str = "markdown") -> list[P
     return paths
 
 
+def plot_report(report: Report, out_dir: Path, curve_metric: str) -> list[Path]:
+    """`--plot`: per-epoch curves of `curve_metric` and bars of the sorted metric, one entry per table row."""
+    from ferlab.report_plots import PlotRow, plot_rows
+
+    rows = [PlotRow(config_label(row.config), [run.history for run in row.runs],
+                    row.stat(report.sort)[:2] if report.sort else (None, None)) for row in report.rows]
+    return plot_rows(rows, out_dir, curve_metric, report.sort)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferlab report", description=__doc__.split("\n")[0].split(": ", 1)[1])
-    p.add_argument("dirs", nargs="+", type=Path, help="run dirs, sweep (multirun) dirs, or folders holding them")
+    p.add_argument("dirs", nargs="*", type=Path, help="run dirs, sweep (multirun) dirs, or folders holding them")
+    p.add_argument("--study", nargs=2, metavar=("STORAGE", "NAME"),
+                   help="instead of dirs: every trial of an Optuna study (all workers), sorted by the objective, "
+                        "and the parameter importances; e.g. --study sqlite:///outputs/optuna/train_synthetic.db "
+                        "train_synthetic")
     p.add_argument("--format", choices=FORMATS, default="markdown", help="what to print (default markdown)")
     p.add_argument("--sort", help="metric to sort by (default: the runs' monitor, e.g. val/acc)")
     p.add_argument("--metrics", nargs="+", help="metric columns (default: every val/* and test*/* metric)")
@@ -335,8 +362,6 @@ def run_report(args: argparse.Namespace) -> tuple[str, list[Path]]:
     if out_dir is not None and not args.no_write:
         written += write_report(report, out_dir, args.format)
         if args.plot:
-            from ferlab.report_plots import plot_report
-
             written += plot_report(report, out_dir, args.curve)
     elif args.plot or (out_dir is None and not args.no_write):
         print("ferlab report: several dirs and no --out: nothing written", file=sys.stderr)
@@ -344,9 +369,17 @@ def run_report(args: argparse.Namespace) -> tuple[str, list[Path]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if bool(args.dirs) == bool(args.study):
+        parser.error("give run or sweep dirs, or --study STORAGE NAME")
     try:
-        text, written = run_report(args)
+        if args.study:
+            from ferlab.study_report import run_study_report
+
+            text, written = run_study_report(args)
+        else:
+            text, written = run_report(args)
     except FerlabError as e:
         print(f"ferlab: error: {e}", file=sys.stderr)
         sys.exit(1)

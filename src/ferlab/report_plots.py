@@ -1,23 +1,34 @@
-"""`ferlab report --plot`: per-epoch curves of every configuration and a bar chart of the sorted metric."""
+"""`ferlab report --plot`: per-epoch curves of every configuration and a bar chart of the sorted metric.
+
+The figures take plain rows (`PlotRow`), so this module knows nothing of how `ferlab.report` finds runs.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from ferlab.report import Report, Row, config_label
+
+@dataclass
+class PlotRow:
+    """One configuration of the table as the figures need it.
+
+    label: its swept values ("k=v k=v"); histories: metrics.json's per-epoch history of each of its runs;
+    final: (mean, std or None) of the bar chart's metric over its runs, (None, None) when none has it.
+    """
+
+    label: str
+    histories: list[list[dict]]
+    final: tuple[float | None, float | None] = (None, None)
 
 
-def _label(row: Row) -> str:
-    return config_label(row.config)
-
-
-def _curve(row: Row, metric: str) -> tuple[list[int], list[float], list[float]]:
+def _curve(row: PlotRow, metric: str) -> tuple[list[int], list[float], list[float]]:
     """Epochs, mean and std over the row's runs of `metric` in metrics.json's per-epoch history."""
     import numpy as np
 
     by_epoch: dict[int, list[float]] = {}
-    for run in row.runs:
-        for rec in run.history:
+    for history in row.histories:
+        for rec in history:
             if metric in rec and "epoch" in rec:
                 by_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[metric]))
     epochs = sorted(by_epoch)
@@ -28,18 +39,18 @@ def _file_name(metric: str, kind: str) -> str:
     return f"{metric.replace('/', '_')}_{kind}.png"
 
 
-def plot_curves(report: Report, metric: str, out_dir: Path) -> Path | None:
+def plot_curves(rows: list[PlotRow], metric: str, out_dir: Path) -> Path | None:
     """One line per configuration (mean over seeds, band = ±1 std); None when no run has the metric."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = 0
-    for row in report.rows:
+    for row in rows:
         epochs, mean, std = _curve(row, metric)
         if not epochs:
             continue
-        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{_label(row)} (n={len(row.runs)})")
-        if len(row.runs) > 1:
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{row.label} (n={len(row.histories)})")
+        if len(row.histories) > 1:
             low = [m - s for m, s in zip(mean, std, strict=True)]
             high = [m + s for m, s in zip(mean, std, strict=True)]
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
@@ -53,18 +64,17 @@ def plot_curves(report: Report, metric: str, out_dir: Path) -> Path | None:
     return _save(fig, out_dir / _file_name(metric, "curves"))
 
 
-def plot_bars(report: Report, metric: str, out_dir: Path) -> Path | None:
-    """The final `metric` per configuration, in table order, error bars = ±1 std over seeds."""
+def plot_bars(rows: list[PlotRow], metric: str, out_dir: Path) -> Path | None:
+    """The final `metric` (each row's `final`) per configuration, in table order, error bars = ±1 std over seeds."""
     import matplotlib.pyplot as plt
 
-    stats = [(row, *row.stat(metric)) for row in report.rows]
-    stats = [(row, mean, std or 0.0) for row, mean, std, _ in stats if mean is not None]
+    stats = [(row, mean, std or 0.0) for row in rows for mean, std in [row.final] if mean is not None]
     if not stats:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(stats) + 2), 5))
     xs = range(len(stats))
     ax.bar(xs, [m for _, m, _ in stats], yerr=[s for _, _, s in stats], capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_xticks(list(xs), [_label(row) for row, _, _ in stats], rotation=30, ha="right", fontsize="small")
+    ax.set_xticks(list(xs), [row.label for row, _, _ in stats], rotation=30, ha="right", fontsize="small")
     ax.set(ylabel=metric, title=f"{metric} per configuration (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_dir / _file_name(metric, "bars"))
@@ -82,12 +92,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_report(report: Report, out_dir: Path, curve_metric: str = "val/acc") -> list[Path]:
-    """Both figures into `out_dir`; returns the files written."""
+def plot_rows(rows: list[PlotRow], out_dir: Path, curve_metric: str = "val/acc",
+                bar_metric: str | None = None) -> list[Path]:
+    """The curves of `curve_metric`, and the bars of `bar_metric` when given, into `out_dir`; the files written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    paths = [plot_curves(report, curve_metric, out_dir)]
-    if report.sort:
-        paths.append(plot_bars(report, report.sort, out_dir))
+    paths = [plot_curves(rows, curve_metric, out_dir)]
+    if bar_metric:
+        paths.append(plot_bars(rows, bar_metric, out_dir))
     return [p for p in paths if p is not None]

@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.data.io import atomic_write_text
+from ferlab.errors import Preempted
+
+LAST_NAME = "last.ckpt"  # written by ferlab.lit.resilience.LastCheckpoint into the run's checkpoint dir
+LAST = Path("checkpoints") / LAST_NAME  # relative to a run dir: what ckpt_path=<run dir>|last|auto resume from
+NOT_STARTED = "NotStarted"  # failed.json type of a sweep job the sweeper never started
+STOPPED = ("Preempted", "Interrupted", NOT_STARTED)  # failed.json types of runs that continue with ckpt_path=auto
 
 
 def _plain(value: Any) -> Any:
@@ -30,10 +36,14 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 def write_failed(run_dir: Path, error: BaseException) -> Path:
-    """failed.json: the exception type, message and where it came from."""
+    """failed.json: the exception type, message and where it came from; for a run stopped by a signal
+    (`Preempted`, `Interrupted`) also its exit code, with which a sweep it stopped ends."""
     tb = traceback.extract_tb(error.__traceback__)
-    where = f"{tb[-1].filename}:{tb[-1].lineno}" if tb else None
-    return write_json(run_dir / "failed.json", {"type": type(error).__name__, "message": str(error), "where": where})
+    info = {"type": type(error).__name__, "message": str(error), "where": f"{tb[-1].filename}:{tb[-1].lineno}" if tb
+            else None}
+    if isinstance(error, Preempted):
+        info["exit_code"] = error.code
+    return write_json(run_dir / "failed.json", info)
 
 
 def read_metrics(run_dir: Path) -> dict:

@@ -18,9 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ferlab import labels
-from ferlab.errors import FerlabError
+from ferlab.errors import DiskFull, FerlabError, Interrupted, Preempted
+from ferlab.searchpath import conf_root, user_searchpath_overrides, with_user_configs
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(conf_root())  # ferlab's own configs, inside the package; user folders come after (searchpath.py)
 log = logging.getLogger("ferlab")
 
 
@@ -30,11 +31,19 @@ def _run_id() -> str:
 
 
 def register_resolvers() -> None:
-    """`${ferlab.labels:fer2013}`, `${ferlab.num_classes:fer2013}` and `${ferlab.run_id:}` for the configs."""
+    """`${ferlab.labels:fer2013}`, `${ferlab.num_classes:fer2013}`, `${ferlab.run_id:}` and `${ferlab.tb_run:}`."""
     OmegaConf.register_new_resolver("ferlab.labels", lambda name: ListConfig(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.num_classes", lambda name: len(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.len", len, replace=True)  # data=folder: num_classes of a user class list
     OmegaConf.register_new_resolver("ferlab.run_id", _run_id, replace=True)
+    OmegaConf.register_new_resolver("ferlab.tb_run", _tb_run, replace=True, use_cache=True)
+
+
+def _tb_run() -> str:
+    """A sweep job's TensorBoard run name (ferlab.tbname); "" in a single run."""
+    from ferlab.tbname import sweep_run_name
+
+    return sweep_run_name()
 
 
 register_resolvers()
@@ -68,9 +77,12 @@ def _job_dir(cfg: DictConfig) -> Path | None:
     return Path(out) if out else output_dir()
 
 
-def compose_run(config_name: str, overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
+def compose_run(
+    config_name: str, overrides: Sequence[str], run_dir: str | Path, config_dir: str | Path | None = None
+) -> DictConfig:
     """conf/<config_name>.yaml composed in-process as `ferlab <task>` would compose it, with `run_dir` as the
-    run directory: for notebooks, tests and benchmarks calling `run_train(cfg)` and friends directly."""
+    run directory: for notebooks, tests and benchmarks calling `run_train(cfg)` and friends directly.
+    `config_dir`: the user's config folder (default: ./conf when the current folder has one)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -78,7 +90,8 @@ def compose_run(config_name: str, overrides: Sequence[str], run_dir: str | Path)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+        overrides = user_searchpath_overrides([f"hydra.run.dir={run_dir}", *overrides], config_dir)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
         cfg.hydra.job.num = 0
@@ -98,6 +111,13 @@ def require_checkpoint(ckpt_path: Any) -> Path:
     return Path(str(ckpt_path))
 
 
+def user_model(cfg: DictConfig) -> dict[str, Any] | None:
+    """The user's own model config (`+model._target_=...` on eval/predict/export/explain/demo): trusted like
+    any config the user composes, for a network outside ferlab's registry; None rebuilds the checkpoint's own."""
+    chosen = cfg.get("model")
+    return OmegaConf.to_container(chosen, resolve=True) if chosen else None
+
+
 class JobFailed(RuntimeError):
     """A sweep job's failure, re-raised as an ordinary exception so the sweep records it and goes on."""
 
@@ -109,29 +129,58 @@ def _unwrap_user_error(e: BaseException) -> BaseException:
     return e.__cause__ if isinstance(e, InstantiationException) and isinstance(e.__cause__, FerlabError) else e
 
 
-def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run a task; on failure write failed.json, print user errors as one line, keep sweeps going."""
-    try:
-        return fn(cfg)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # SystemExit too: one job must not take a sweep down
-        e = _unwrap_user_error(e)
-        if isinstance(e, SystemExit) and not e.code and not _in_multirun():  # in a sweep, exit(0) ends a job only
-            raise
-        from ferlab.runfiles import write_failed
+def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:
+    """The error as the user should see it: Ctrl-C outside the training loop as `Interrupted`, a user error from
+    inside `instantiate` unwrapped, a Lightning misconfiguration as a FerlabError naming the key."""
+    from ferlab.lit.user_errors import as_user_error
+
+    if isinstance(e, KeyboardInterrupt):
+        from ferlab.runfiles import LAST
 
         out = _job_dir(cfg)
-        if out is not None and _rank_zero():
+        resumable = out is not None and (out / LAST).is_file()
+        return Interrupted(f"interrupted; resume with ckpt_path={out}" if resumable else "interrupted before "
+                           "the first checkpoint was saved; nothing to resume")
+    e = _unwrap_user_error(e)
+    return as_user_error(e) or e
+
+
+def _record(cfg: DictConfig, e: BaseException) -> None:
+    """failed.json in the job's dir (rank 0 only); skipped silently when it cannot be written (a full disk)."""
+    from ferlab.runfiles import write_failed
+
+    out = _job_dir(cfg)
+    if out is not None and _rank_zero():
+        try:
             write_failed(out, e)
-        message = f"{type(e).__name__}: {e}" if not isinstance(e, FerlabError) else str(e)
+        except (OSError, DiskFull):  # the error line below is what matters
+            pass
+
+
+def guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run a task; on failure write failed.json, print user errors as one line, keep sweeps going.
+
+    A run stopped by a signal (`Preempted`; Ctrl-C: `Interrupted`, exit status 130) stops a sweep as well: the
+    ferlab sweeper starts no further job.
+    """
+    try:
+        return fn(cfg)
+    except BaseException as e:  # SystemExit too: one job must not take a sweep down
+        e = _as_reported(e, cfg)
+        if isinstance(e, SystemExit) and not e.code and not _in_multirun():  # in a sweep, exit(0) ends a job only
+            raise
+        _record(cfg, e)
+        message = str(e) if isinstance(e, (FerlabError, Preempted)) else f"{type(e).__name__}: {e}"
         if _in_multirun():
+            if isinstance(e, Preempted):
+                log.error("job stopped: %s", message)
+                raise e from None
             log.error("job failed: %s", message)
             raise JobFailed(message) from e
         if isinstance(e, (FerlabError, SystemExit)):
-            print(f"ferlab: error: {e}", file=sys.stderr)
+            print(f"ferlab: error: {message}", file=sys.stderr)
             sys.exit(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
-        raise
+        raise  # a bug, not a user mistake: Hydra prints its traceback
 
 
 def _reuse_group_listing_repo() -> None:
@@ -172,6 +221,6 @@ def hydra_task(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Call
         def main(cfg: DictConfig) -> Any:
             return guarded(fn, cfg)
 
-        return main
+        return with_user_configs(main)
 
     return decorate

@@ -2,7 +2,9 @@
 
 `SweepSummary` is a Hydra callback (conf/hydra/callbacks/ferlab.yaml). Jobs keep running when one fails
 (the `ferlab` sweeper, hydra_plugins/ferlab_sweepers); each failed job leaves failed.json in its run dir,
-so the summary works the same for jobs run in this process, in joblib workers or on SLURM nodes.
+so the summary works the same for jobs run in this process, in joblib workers or on SLURM nodes. A sweep stopped
+by a signal (Ctrl-C, SIGTERM) lists its stopped and not-started jobs among the unfinished runs and exits with the
+signal's status (130 for Ctrl-C); the same command with its `hydra.sweep.dir` and `ckpt_path=auto` continues it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,50 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ferlab.errors import FerlabError
+from ferlab.errors import DataNotFound, FerlabError
+from ferlab.runfiles import NOT_STARTED, STOPPED, write_json
 
 log = logging.getLogger("ferlab.sweep")
+# when every job failed for a dataset that is not on disk (e.g. the Lightning-Hydra template's habit of
+# `-m 'experiment=glob(*)' debug=fdr` on a fresh clone)
+NO_DATA_HINT = ("hint: every job failed because its dataset is not on disk; debug=smoke (one short epoch on synthetic "
+                "faces) or data=synthetic runs the same sweep without downloads")
 
 
 class SweepFailed(SystemExit):
     """Ends a sweep in which some jobs failed with exit status 1, after all jobs ran."""
+
+
+def mark_not_started(job_dir: Path, overrides: list[str]) -> None:
+    """A job the sweeper did not start because the sweep was stopped: its overrides (for the report's table) and a
+    failed.json saying so, both replaced when the job runs (`ckpt_path=auto` in the same sweep dir)."""
+    import yaml
+
+    from ferlab.data.io import atomic_write_text
+
+    atomic_write_text(job_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(overrides))
+    write_json(job_dir / "failed.json", {"type": NOT_STARTED, "message": "not started: the sweep was stopped first"})
+
+
+def _stop(runs: list, sweep_dir: Path) -> tuple[str, int] | None:
+    """The closing line and exit status of a sweep a signal stopped (None when none did)."""
+    import json
+
+    stopped, waiting = [], 0
+    for run in runs:
+        try:
+            info = json.loads((run.path / "failed.json").read_text())
+        except (OSError, ValueError):
+            continue
+        waiting += info.get("type") == NOT_STARTED
+        if info.get("type") in STOPPED and "exit_code" in info:  # stopped by a signal
+            stopped.append((run, info))
+    if not stopped:
+        return None
+    run, info = stopped[0]
+    return (f"sweep stopped: job {run.path.name}: {info.get('message')}; {waiting} job{'s' * (waiting != 1)} not "
+            f"started; to continue the sweep, run the same command with hydra.sweep.dir={sweep_dir} ckpt_path=auto",
+            int(info["exit_code"]))
 
 
 def _job_dir(job_return: Any) -> Path | None:
@@ -64,7 +103,20 @@ def summarize(sweep_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
         print(f"ferlab: error: {len(failed)} of {len(runs)} jobs failed:", file=err)
         for run in failed:
             print(f"  {run.path.name}: {run.error}  ({run.path / 'failed.json'})", file=err)
+        if all(run.error_type == DataNotFound.__name__ for run in failed):
+            print(NO_DATA_HINT, file=err)
     return len(failed)
+
+
+def stopped(sweep_dir: Path, err=sys.stderr) -> int:
+    """After `summarize`: when a signal stopped the sweep, say so in one line and return its exit status (else 0)."""
+    from ferlab.report import find_runs
+
+    stop = _stop(find_runs([sweep_dir]), sweep_dir) if sweep_dir.is_dir() else None
+    if stop is None:
+        return 0
+    print(f"ferlab: error: {stop[0]}", file=err)
+    return stop[1]
 
 
 class SweepSummary(Callback):
@@ -75,5 +127,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sys.stdout.flush()
-        if summarize(Path(config.hydra.sweep.dir)):
-            raise SweepFailed(1)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = summarize(sweep_dir)
+        code = stopped(sweep_dir)
+        if code or failed:
+            raise SweepFailed(code or 1)

@@ -19,6 +19,11 @@ FORMATS: dict[str, tuple[str, str]] = {
     "ferplus_folders": ("a folder", "FER2013Train/Valid/Test with label.csv vote files and PNGs"),
     "fer2013_folders": ("a folder", "train/<class>/*.png and test/<class>/*.png, seven lowercase classes"),
     "fer5": ("a folder", "report 000's train|test/{Angry,Happy,Neutral,Sad,Surprise}/*, RGB, varying size"),
+    "rafdb": ("a folder", "RAF-DB's basic/EmoLabel/list_patition_label.txt + basic/Image/{aligned,original}/"),
+    "rafdb_folders": ("a folder", "RAF-DB re-upload: DATASET/{train,test}/{1..7}/*.jpg + {train,test}_labels.csv"),
+    "affectnet": ("a folder", "AffectNet's Manually_Annotated_file_lists/{training,validation}.csv + photos with "
+                  "face boxes (validation.csv without header; ids 8-10, boxes off the edge, a negative width)"),
+    "affectnet2021": ("a folder", "AffectNet 2021: {train_set,val_set}/images/<n>.jpg + annotations/<n>_exp.npy"),
     "all": ("a folder", "every format above, one sub-folder each"),
 }
 
@@ -33,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (default 0.5)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="PublicTest share (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="PrivateTest share (fer5: test folder share)")
-    p.add_argument("--size", type=int, default=96, help="fer5: largest image side; sides vary down to half (default 96)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="PrivateTest share (fer5, rafdb: test share; affectnet: validation list share)")
+    p.add_argument("--size", type=int, default=96,
+                   help="fer5: largest image side, sides vary down to half; rafdb, affectnet: face side (default 96)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file or folder")
     return p
 
@@ -89,7 +96,16 @@ def _writers() -> dict[str, Callable[[Path, argparse.Namespace], object]]:
         "ferplus_folders": _ferplus_folders,
         "fer2013_folders": lambda out, a: w.write_fer2013_folders(out, *_render(_spec(a))),
         "fer5": lambda out, a: w.write_fer5_folders(out, a.num_images, a.seed, a.size, a.test_fraction),
+        **{name: functools.partial(_wild, name) for name in ("rafdb", "rafdb_folders", "affectnet", "affectnet2021")},
     }
+
+
+def _wild(name: str, out: Path, args: argparse.Namespace) -> Path:
+    """RAF-DB and AffectNet layouts: their own class frequencies, `--size` faces, `--test-fraction` held out."""
+    from ferlab.data import writers_wild
+
+    write = getattr(writers_wild, f"write_{name}")
+    return write(out, args.num_images, args.seed, args.difficulty, args.size, args.test_fraction)
 
 
 def run_synth(args: argparse.Namespace) -> Path:

@@ -23,6 +23,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.lit.classifier import Classifier
     from ferlab.lit.finetune import optimizer_factory
+    from ferlab.lit.preemption import Preemption
+    from ferlab.lit.pruning import trial_callbacks
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
     optimizer, backbone_lr_mult = optimizer_factory(cfg.optim)
@@ -44,7 +46,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # learning rates set at epoch start (BackboneFinetuning) before LearningRateMonitor logs them
     callbacks.sort(key=lambda c: not isinstance(c, BaseFinetuning))
-    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks)]  # always on, whatever `callbacks=` says
+    # always on, whatever `callbacks=` says
+    callbacks += [MetricsHistory(), *resilience.callbacks(callbacks), Preemption()]
+    callbacks += trial_callbacks(cfg.get("optimized_metric"))  # an Optuna trial: report each epoch, maybe prune
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -80,9 +84,12 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.hparams import log_hparams
     from ferlab.lit.callbacks import scalars
     from ferlab.lit.preemption import stoppable
-    from ferlab.lit.resume import resolve_ckpt_path
+    from ferlab.lit.pruning import pruned
+    from ferlab.lit.resume import check_fits, resolve_ckpt_path
+    from ferlab.lit.summary import quiet_lightning
     from ferlab.runfiles import print_summary, write_json
 
+    quiet_lightning()
     start = time.time()
     ckpt_path = resolve_ckpt_path(cfg)  # may point paths.output_dir at the run being continued
     if ckpt_path and cfg.get("init_from"):
@@ -93,15 +100,20 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     parts = build(cfg)
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
+    if ckpt_path is not None:  # another model's checkpoint is one line, not Lightning's list of missing keys
+        check_fits(ckpt_path, model, model.hparams.config)
     stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     final = scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
+    stopped_by_pruner = pruned(trainer)
     test_metrics = {}
-    if cfg.get("test") and not trainer.interrupted:
+    if cfg.get("test") and not trainer.interrupted and not stopped_by_pruner:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         results = stoppable(trainer.test)(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                            weights_only=True)
         test_metrics = {k: v for r in results for k, v in r.items()}
     metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start, parts["weights"])
+    if stopped_by_pruner:  # the run dir says so; `ferlab report` lists it as pruned
+        metrics["pruned"] = stopped_by_pruner
     run_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", metrics)
@@ -120,6 +132,7 @@ def collect_metrics(
     """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths, and the load
     reports of `model.pretrained` / `init_from` (`weights`: tensors loaded, adapted, modules re-initialised)."""
     from ferlab.lit.callbacks import MetricsHistory
+    from ferlab.version import version_info
 
     history = next(c for c in trainer.callbacks if isinstance(c, MetricsHistory)).history
     ckpt = trainer.checkpoint_callback
@@ -136,22 +149,28 @@ def collect_metrics(
         "global_step": trainer.global_step,
         "wall_time_s": wall_time,
         "dataset": {"name": datamodule.name, "sizes": datamodule.sizes, "meta": datamodule.meta},
-        "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(ckpt)},
+        "checkpoints": {"best": ckpt.best_model_path if ckpt else None, "last": _last_path(trainer)},
         "weights": weights or {},
         "history": history,
+        "ferlab": version_info(),  # the code that made this result: version, and git commit from a checkout
     }
 
 
-def _last_path(ckpt) -> str | None:
-    if ckpt is None or not ckpt.dirpath:
-        return None
-    last = Path(ckpt.dirpath) / "last.ckpt"
-    return str(last) if last.exists() else None
+def _last_path(trainer) -> str | None:
+    from ferlab.lit.resilience import last_checkpoint
+
+    last = last_checkpoint(trainer)
+    return str(last) if last is not None and last.exists() else None
 
 
 def _objective(cfg: DictConfig) -> Any:
-    """The Hydra task: train, then hand the optimized metric to a sweeper (Optuna) if one is named."""
+    """The Hydra task: train, then hand the optimized metric to a sweeper (Optuna) if one is named, or `Pruned`
+    when the search's pruner stopped the run."""
     metrics = run_train(cfg)
+    if metrics.get("pruned"):
+        from ferlab.trial import Pruned
+
+        return Pruned(**metrics["pruned"])
     name = cfg.get("optimized_metric")
     if not name:
         return None

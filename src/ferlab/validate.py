@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab.errors import FerlabError
+from ferlab.errors import DataNotFound, FerlabError
 
 # what the Classifier logs during fit (DESIGN.md "Metric names"), plus ModelCheckpoint's own candidates;
 # LearningRateMonitor adds `lr-<optimizer>` names
@@ -169,6 +169,10 @@ def _source_paths(node: Any, key: str) -> Iterator[str]:
             yield f"{full}: {value} does not exist"
 
 
+def _missing_data(cfg: DictConfig) -> Iterator[str]:
+    return _source_paths(OmegaConf.select(cfg, "data.source", default=None), "data.source")
+
+
 CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _rule_problems,
     _validation_disabled,
@@ -176,7 +180,7 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _crop_and_mixing,
     _one_weight_average,
     _gpus_present,
-    lambda cfg: _source_paths(OmegaConf.select(cfg, "data.source", default=None), "data.source"),
+    _missing_data,
 )
 
 
@@ -186,7 +190,8 @@ def problems(cfg: DictConfig) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise one FerlabError listing every problem in `cfg`."""
+    """Raise one FerlabError listing every problem in `cfg` (a DataNotFound when all are missing dataset files)."""
     found = problems(cfg)
     if found:
-        raise FerlabError("invalid config: " + "; ".join(found))
+        error = DataNotFound if set(found) <= set(_missing_data(cfg)) else FerlabError
+        raise error("invalid config: " + "; ".join(found))

@@ -13,9 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
+from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.lit.restore import Restored, check_classes, restore
-from ferlab.runner import require_checkpoint
+from ferlab.runner import require_checkpoint, user_model
 
 
 @dataclass
@@ -31,30 +32,28 @@ class Loaded:
     data_changed: bool
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto`: CUDA when available, else CPU; a CUDA device on a machine without one is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FerlabError(f"device: expected auto, cpu, cuda or cuda:<n>, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FerlabError(f"device={name}: CUDA is not available on this machine; use device=cpu or auto")
-    return device
+@dataclass
+class DataChoice:
+    """The data config to evaluate on. changed: not the checkpoint's own; trusted: composed by the user
+    (`data=<option>`, instantiated like any config) rather than read from the checkpoint (rebuilt as data)."""
+
+    config: dict[str, Any]
+    changed: bool
+    trusted: bool
 
 
-def data_config(cfg: DictConfig, stored: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def data_config(cfg: DictConfig, stored: dict[str, Any]) -> DataChoice:
     """The data to evaluate on: the checkpoint's own, a `data=<option>`, or the checkpoint's with `+data.*` changes."""
-    if "data" not in stored:
-        raise FerlabError("the checkpoint stores no data config; pass data=<option> (e.g. data=fer2013)")
     chosen = cfg.get("data")
+    if chosen is not None:
+        plain = OmegaConf.to_container(chosen, resolve=True)
+        if "_target_" in plain:
+            return DataChoice(plain, True, True)
+    if not stored.get("data"):
+        raise FerlabError("the checkpoint stores no data config; pass data=<option> (e.g. data=fer2013)")
     if chosen is None:
-        return stored["data"], False
-    plain = OmegaConf.to_container(chosen, resolve=True)
-    if "_target_" in plain:
-        return plain, True
-    return OmegaConf.to_container(OmegaConf.merge(stored["data"], plain)), True
+        return DataChoice(stored["data"], False, False)
+    return DataChoice(OmegaConf.to_container(OmegaConf.merge(stored["data"], plain)), True, False)
 
 
 def check_class_names(restored: Restored, class_names: list[str], where: str) -> None:
@@ -65,15 +64,21 @@ def check_class_names(restored: Restored, class_names: list[str], where: str) ->
                           "(different names or order: the labels would be compared wrongly)")
 
 
-def build_data(data_cfg: dict[str, Any], restored: Restored, batch_size: int | None) -> Any:
-    """The datamodule, fed as the network was trained: its channels, input size and normalization."""
+def build_data(choice: DataChoice, restored: Restored, batch_size: int | None) -> Any:
+    """The datamodule, fed as the network was trained: its channels, input size and normalization.
+    A data config from the checkpoint goes through ferlab's registered readers only (`data.rebuild`)."""
     from hydra.utils import instantiate
+
+    from ferlab.data.rebuild import build_stored_datamodule
 
     kwargs: dict[str, Any] = {"in_chans": restored.in_chans, "image_size": restored.image_size,
                               "mean": restored.mean, "std": restored.std, "augment": None}
     if batch_size:
         kwargs["eval_batch_size"] = int(batch_size)
-    datamodule = instantiate(data_cfg, **kwargs)
+    if choice.trusted:
+        datamodule = instantiate(choice.config, **kwargs)
+    else:
+        datamodule = build_stored_datamodule(choice.config, str(restored.path), **kwargs)
     check_class_names(restored, list(datamodule.class_names), f"data {datamodule.name!r}")
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -83,15 +88,17 @@ def build_data(data_cfg: dict[str, Any], restored: Restored, batch_size: int | N
 def load(cfg: DictConfig) -> Loaded:
     """Restore `cfg.ckpt_path` (on CPU, weights only), build its data and move the network to `cfg.device`."""
     require_checkpoint(cfg.get("ckpt_path"))
-    device = resolve_device(str(cfg.get("device", "auto")))
-    restored = restore(cfg.ckpt_path, map_location="cpu")  # a GPU-trained checkpoint loads anywhere
+    device = resolve_device(cfg.get("device", "auto"))
+    # a GPU-trained checkpoint loads anywhere
+    restored = restore(cfg.ckpt_path, map_location="cpu", model=user_model(cfg))
     with open_dict(cfg):
         if cfg.get("seed") is None:  # data=: a split carved from train must be the one the checkpoint trained with
-            cfg.seed = int(restored.config.get("seed") or 0)
-    data_cfg, changed = data_config(cfg, restored.config)
-    datamodule = build_data(data_cfg, restored, cfg.get("batch_size"))
+            seed = restored.config.get("seed")
+            cfg.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    choice = data_config(cfg, restored.config)
+    datamodule = build_data(choice, restored, cfg.get("batch_size"))
     restored.net.to(device)
-    return Loaded(restored, datamodule, device, changed)
+    return Loaded(restored, datamodule, device, choice.changed)
 
 
 def split_sets(datamodule: Any, split: str) -> dict[str, tuple[Tensor, Tensor]]:

@@ -30,13 +30,20 @@ def predict_split(net: nn.Module, datamodule: Any, images: Tensor, device: torch
 
 
 def evaluate_sets(net: nn.Module, datamodule: Any, sets: dict[str, tuple[Tensor, Tensor]], device: torch.device,
-                  tta: TestTimeAugment, top_pairs: int = 5, batch_size: int | None = None) -> dict[str, dict]:
-    """One classification report per split (metric prefix -> report), predictions made once per image."""
+                  tta: TestTimeAugment, top_pairs: int = 5, batch_size: int | None = None,
+                  predictions: dict[str, Tensor] | None = None) -> dict[str, dict]:
+    """One classification report per split (metric prefix -> report), predictions made once per image.
+
+    predictions: prefix -> (N,) class ids already made for that split (e.g. by `trainer.test`); those splits
+    do not go through the network again.
+    """
     names = list(datamodule.class_names)
     reports = {}
     for prefix, (images, targets) in sets.items():
-        probs = predict_split(net, datamodule, images, device, tta, batch_size)
-        report = classification_report(probs.argmax(1), targets, names, top_pairs)
+        preds = (predictions or {}).get(prefix)
+        if preds is None:
+            preds = predict_split(net, datamodule, images, device, tta, batch_size).argmax(1)
+        report = classification_report(preds, targets, names, top_pairs)
         report["validation_split"] = is_validation(datamodule, images)
         reports[prefix] = report
     return reports
@@ -102,18 +109,30 @@ def write_report(report: dict[str, Any], out: Path, writers: Sequence[Any] = ())
     return paths
 
 
+def _tested(model: Any, sets: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """The predictions `trainer.test` made on each split, where they cover it image for image in order (one
+    process, no `limit_test_batches`); other splits (DDP shards, limited batches) are predicted again."""
+    tested = model.tested_predictions() if hasattr(model, "tested_predictions") else {}
+    return {prefix: preds for prefix, (preds, targets) in tested.items()
+            if prefix in sets and torch.equal(targets, sets[prefix][1].to(targets.dtype))}
+
+
 def report_after_training(trainer: Any, model: Any, datamodule: Any, run_dir: Path) -> list[Path]:
     """`ferlab train test=true`: the report of the tested checkpoint on every test split, into `<run>/eval/`.
 
-    Runs on the trainer's device; the confusion matrices go to the run's TensorBoard logger as images.
+    Built from the predictions of `trainer.test` (one pass over the test splits); a split it did not cover
+    whole is predicted on the trainer's device. The confusion matrices go to the run's TensorBoard logger.
     """
+    sets = split_sets(datamodule, "test")
+    tested = _tested(model, sets)
     net, device = model.net, trainer.strategy.root_device
     tta = getattr(model, "tta", None) or TestTimeAugment("none")  # the test steps' own (`tta=` of the train config)
     home = next(net.parameters()).device
     was_training = net.training
-    net.eval().to(device)
+    if len(tested) < len(sets):
+        net.eval().to(device)
     try:
-        reports = evaluate_sets(net, datamodule, split_sets(datamodule, "test"), device, tta)
+        reports = evaluate_sets(net, datamodule, sets, device, tta, predictions=tested)
     finally:
         net.train(was_training).to(home)
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,11 +12,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from ferlab.data.augment import BatchAugment, random_crop
 from ferlab.data.cache import load_or_build
 from ferlab.data.clean import Cleaning, clean_train
+from ferlab.data.resumable import EpochRandomSampler, EpochWeightedSampler, ResumableLoader
 from ferlab.data.sources.base import SPLITS, TRAIN_TARGETS, FERData, Source, check_choice
 from ferlab.data.splits import assign_splits, resolve_policy
 from ferlab.errors import FerlabError
@@ -53,6 +56,16 @@ class BatchTensorDataset(Dataset):
 def collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """The dataset already returns a batch; module-level so worker processes can pickle it."""
     return batch
+
+
+def init_worker(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process (it stops at a batch boundary and saves; a worker that
+    died of it would crash the run instead), then seed as Lightning would (it adds its own only where none is)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class FERDataModule(pl.LightningDataModule):
@@ -242,23 +255,23 @@ class FERDataModule(pl.LightningDataModule):
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _loader(self, images: Tensor, targets: Tensor, train: bool) -> DataLoader:
+        """A training loader resumable mid-epoch (`ferlab.data.resumable`), or an evaluation loader in order."""
         dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind) if train else \
             BatchTensorDataset(images, targets)
-        sampler = None
-        if train and self.sampler == "balanced":
+        # each loader has its own generator: creating an iterator (worker seeds) never draws from the global RNG,
+        # whose stream must be the same whenever a run resumes, with or without persistent workers
+        common = {"num_workers": self.num_workers, "collate_fn": collate_batch, "pin_memory": torch.cuda.is_available(),
+                  "persistent_workers": self.num_workers > 0, "worker_init_fn": init_worker,
+                  "generator": torch.Generator()}
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
+        if self.sampler == "balanced":
             weights = 1.0 / self.class_counts.clamp(min=1).double()
-            sampler = WeightedRandomSampler(weights[targets], num_samples=len(targets), replacement=True)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate_batch,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+            sampler = EpochWeightedSampler(weights[targets], num_samples=len(targets), replacement=True)
+        else:
+            sampler = EpochRandomSampler(dataset)
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                               drop_last=len(dataset) > self.batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(*self.splits["train"], train=True)

@@ -17,11 +17,28 @@ POLICIES = ("official", "random")
 DROPPED = -1  # split code of rows no split uses
 
 
+def holdout_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """How many of each class's `counts` to hold out: round(N x fraction) in total (at least 1 when N >= 2),
+    spread by largest remainder (ties broken by `rng`), every class keeping at least one image."""
+    n, room = int(counts.sum()), counts - 1
+    total = min(max(round(n * fraction), 1 if n >= 2 else 0), int(room.sum()))
+    quota = counts * total / max(n, 1)
+    take = np.minimum(np.floor(quota).astype(np.int64), room)
+    order = np.lexsort((rng.permutation(len(counts)), -(quota - np.floor(quota))))  # largest remainder first
+    while take.sum() < total:  # a class at its cap passes its turn on to the next remainder
+        for c in order:
+            if take.sum() < total and take[c] < room[c]:
+                take[c] += 1
+    return take
+
+
 def stratified_holdout(targets: np.ndarray, fraction: float, seed: int | list[int]) -> np.ndarray:
-    """A seeded, per-class `fraction` of positions (into `targets`), sorted."""
+    """Seeded, stratified positions (into `targets`, sorted) of a `fraction` held out, as `holdout_counts` says."""
     rng = np.random.default_rng(seed)
-    picks = [rng.permutation(np.flatnonzero(targets == c))[: round((targets == c).sum() * fraction)]
-             for c in np.unique(targets)]
+    classes, counts = np.unique(targets, return_counts=True)
+    perms = [rng.permutation(np.flatnonzero(targets == c)) for c in classes]  # drawn first: the old rule's stream
+    take = holdout_counts(counts, fraction, rng)
+    picks = [p[:k] for p, k in zip(perms, take.tolist(), strict=True)]
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
 
 

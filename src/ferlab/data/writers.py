@@ -48,7 +48,7 @@ def atomic_dir(root: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
+def save_image(path: Path, image: np.ndarray) -> None:
     """uint8 (H,W) gray or (H,W,3) RGB to a PNG (or JPEG by extension)."""
     from PIL import Image
 
@@ -114,7 +114,7 @@ def write_ferplus_folders(root: str | Path, images: np.ndarray, votes: np.ndarra
             (tmp / folder).mkdir()
             rows = [i for i, (u, name) in enumerate(zip(usage.tolist(), names, strict=True)) if u == use and name]
             for i in rows:
-                _save_png(tmp / folder / names[i], images[i])
+                save_image(tmp / folder / names[i], images[i])
             lines = [f'{names[i]},"(0, 0, 48, 48)",' + ",".join(map(str, votes[i].tolist())) for i in rows]
             (tmp / folder / "label.csv").write_text("\n".join(lines) + "\n")
     return Path(root)
@@ -126,7 +126,7 @@ def write_image_folders(root: str | Path, images: np.ndarray | list[np.ndarray],
     with atomic_dir(root) as tmp:
         for i, (image, y, folder) in enumerate(zip(images, labels.tolist(), folders, strict=True)):
             suffix = ext(i) if callable(ext) else ext
-            _save_png(tmp / folder / class_names[y] / f"{folder}_{i:05d}.{suffix}", image)
+            save_image(tmp / folder / class_names[y] / f"{folder}_{i:05d}.{suffix}", image)
         for folder in set(folders):  # every class folder exists, even when a tiny set has no image of it
             for name in class_names:
                 (tmp / folder / name).mkdir(parents=True, exist_ok=True)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
 from ferlab.runner import require_checkpoint
+from ferlab.stored import check_plain, plain_list, refused
 
 METADATA_KEY = "ferlab"  # ONNX metadata_props key / TorchScript extra file holding `model_metadata()`
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -25,13 +28,17 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 @dataclass
 class LoadedModel:
-    """A runnable model: `run(x)` maps normalized (N, C, S, S) float32 to (N, K) float32 logits."""
+    """A runnable model: `run(x)` maps normalized (N, C, S, S) float32 to (N, K) float32 logits.
+
+    trained_on: the `data.name` the network was trained on, where known (e.g. "synthetic").
+    """
 
     run: Any
     spec: InputSpec
     class_names: list[str]
     source: Path
     backend: str
+    trained_on: str | None = None
 
 
 def model_metadata(restored: Any) -> dict[str, Any]:
@@ -44,6 +51,7 @@ def model_metadata(restored: Any) -> dict[str, Any]:
         "std": restored.std,
         "model": restored.config.get("model", {}).get("_target_"),
         "checkpoint": str(restored.path),
+        "data": (restored.config.get("data") or {}).get("name"),
     }
 
 
@@ -64,38 +72,37 @@ def _parse_meta(text: str | bytes | None, path: Path) -> dict[str, Any]:
         meta = None
     if not isinstance(meta, dict) or not {"class_names", "in_chans", "image_size", "mean", "std"} <= meta.keys():
         raise FerlabError(f"{path} has no ferlab metadata; export it with `ferlab export`")
+    where = f"{path} metadata"  # data, like a checkpoint's config: checked, never instantiated
+    check_plain(meta, "", where)
+    plain_list(meta["class_names"], "class_names", where, str)
+    plain_list(meta["mean"], "mean", where, (int, float))
+    plain_list(meta["std"], "std", where, (int, float))
+    for key in ("in_chans", "image_size"):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
+            raise refused(where, key, f"expected a positive integer, got {meta[key]!r}"[:120])
     return meta
 
 
-def torch_device(device: str) -> Any:
-    """`auto`: CUDA when available, else CPU; anything else as torch spells it (cpu, cuda:1, mps)."""
-    import torch
+def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Mapping | None = None) -> LoadedModel:
+    """The network rebuilt from a ferlab checkpoint, on `device` (auto: CUDA when available).
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise FerlabError(f"device: {device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-
-
-def load_torch(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
-    """The network rebuilt from a ferlab checkpoint, on `device` (auto: CUDA when available)."""
+    model: the user's own model config (`{_target_: ...}`), for a network outside ferlab's registry.
+    """
     import torch
 
     from ferlab.lit.restore import restore
 
     if threads:
         torch.set_num_threads(threads)
-    dev = torch_device(device)
-    r = restore(path, map_location=dev)
+    dev = resolve_device(device)
+    r = restore(path, map_location=dev, model=model)
     spec = InputSpec.build(r.in_chans, r.image_size, r.mean, r.std, color)
 
     @torch.inference_mode()
     def run(x: np.ndarray) -> np.ndarray:
         return r.net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, spec, r.class_names, path, "torch")
+    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"))
 
 
 def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
@@ -104,7 +111,7 @@ def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> L
 
     if threads:
         torch.set_num_threads(threads)
-    dev = torch_device(device)
+    dev = resolve_device(device)
     extra = {METADATA_KEY: ""}
     try:
         with warnings.catch_warnings():  # torch.jit.load's deprecation note
@@ -118,7 +125,7 @@ def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> L
     def run(x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript")
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript", meta.get("data"))
 
 
 def onnx_session(path: Path, threads: int = 0) -> Any:
@@ -143,7 +150,7 @@ def load_onnx(path: Path, color: str, device: str, threads: int = 0) -> LoadedMo
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
 
-    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx")
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx", meta.get("data"))
 
 
 LOADERS = {"torch": load_torch, "torchscript": load_torchscript, "onnx": load_onnx}
@@ -163,11 +170,12 @@ def set_threads(threads: int) -> None:
 
 def load_model(
     ckpt_path: str | None, backend: str = "torch", model_path: str | None = None, color: str = "auto",
-    device: str = "auto", threads: int = 0,
+    device: str = "auto", threads: int = 0, model: Mapping | None = None,
 ) -> LoadedModel:
     """A model for `backend`; exported backends read `model_path`, by default the export beside `ckpt_path`.
 
     threads: CPU threads for the model and OpenCV (0: library defaults), see `set_threads`.
+    model: backend=torch: the user's own model config for a network outside ferlab's registry.
     """
     if threads is None or threads < 0:
         raise FerlabError(f"threads: expected 0 (library default) or a positive count, got {threads!r}")
@@ -176,7 +184,7 @@ def load_model(
         raise FerlabError(f"backend: expected one of {', '.join(LOADERS)}, got {backend!r}")
     if backend == "torch":
         require_checkpoint(ckpt_path)
-        return load_torch(Path(ckpt_path), color, device, threads)
+        return load_torch(Path(ckpt_path), color, device, threads, model)
     if not model_path and not ckpt_path:
         raise FerlabError(f"backend={backend} needs model_path=<file> or ckpt_path= (to find its export beside it)")
     path = Path(model_path) if model_path else exported_path(ckpt_path, backend)

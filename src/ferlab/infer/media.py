@@ -49,6 +49,18 @@ def media_kind(path: Path) -> str:
     return kind
 
 
+def over_pixel_limit(path: Path, max_pixels: int | None) -> str | None:
+    """Why `path` is not decoded when its header says width x height is above `max_pixels` (None: it is not)."""
+    from ferlab.data.images import header_size
+
+    size = header_size(path) if max_pixels else None
+    if size is None or size[0] * size[1] <= max_pixels:
+        return None  # within the limit, or not an image Pillow knows (OpenCV's decoder says what is wrong)
+    w, h = size
+    return (f"image {path} not decoded: {w}x{h} = {w * h:,} pixels is above max_pixels={max_pixels:,} "
+            "(a larger max_pixels=... reads it)")
+
+
 def read_image(path: Path) -> np.ndarray:
     """A BGR uint8 (H, W, 3) image; an unreadable or undecodable file is a `FerlabError` naming it."""
     cv2 = cv2_quiet()

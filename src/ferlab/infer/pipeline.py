@@ -21,6 +21,7 @@ from ferlab.infer.media import (
     kind_of,
     list_media,
     media_kind,
+    over_pixel_limit,
     read_image,
 )
 from ferlab.infer.predictor import Predictor
@@ -34,7 +35,8 @@ class Job:
     """One predict run: the predictor, where results go, and how media are handled.
 
     annotated_dir: None to skip annotated copies; frame_stride: classify every n-th video frame
-    (the boxes in between are held); max_frames: per video (None: all).
+    (the boxes in between are held); max_frames: per video (None: all); max_pixels: larger images are
+    skipped (with the reason) before they are decoded.
     """
 
     predictor: Predictor
@@ -44,6 +46,7 @@ class Job:
     frame_stride: int = 1
     max_frames: int | None = None
     bars: bool = True
+    max_pixels: int | None = None
 
 
 def _annotated_path(job: Job, rel: Path) -> Path | None:
@@ -56,11 +59,17 @@ def _annotated_path(job: Job, rel: Path) -> Path | None:
 
 
 def predict_image(job: Job, path: Path, rel: Path) -> None:
-    """Classify every face of one image; a missing or undecodable file raises `FerlabError`."""
+    """Classify every face of one image; a missing or undecodable file raises `FerlabError`, one above the pixel
+    limit is skipped (recorded with the reason) without being decoded."""
     import cv2
 
     from ferlab.data.io import atomic_write
 
+    too_large = over_pixel_limit(path, job.max_pixels)
+    if too_large:
+        job.records.skip(str(path), too_large)
+        log.warning("skipped: %s", too_large)
+        return
     frame = read_image(path)
     faces = job.predictor(frame)
     job.records.add(str(path), 0, faces)

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ferlab.analysis.tta import TestTimeAugment
 from ferlab.lit.finetune import build_optimizer
+from ferlab.version import version_info
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -59,6 +60,9 @@ class Classifier(pl.LightningModule):
         self.backbone_lr_mult = backbone_lr_mult
         self.tta = tta if tta is not None and tta.mode != "none" else None
         self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
+        # a torchmetrics mean rather than Lightning's own epoch mean: its partial state is saved with a checkpoint
+        # written mid-epoch (ferlab.lit.resilience.EpochState), so a resumed epoch averages all its batches
+        self.train_loss = MeanMetric()
         self.val_metrics = _metrics(num_classes, "val")
         self.test_prefixes = list(test_prefixes)
         self.test_metrics = nn.ModuleList([_metrics(num_classes, p) for p in self.test_prefixes])
@@ -93,7 +97,8 @@ class Classifier(pl.LightningModule):
         logits = self(x)
         loss = self.loss_fn(logits, y)
         self.train_metrics(logits.argmax(1), hard[0] if hard else self.hard_targets(y))
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.train_loss.update(loss.detach(), weight=len(x))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         self.log("train/acc", self.train_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
@@ -119,6 +124,20 @@ class Classifier(pl.LightningModule):
         self.test_metrics[dataloader_idx].update(logits, y)
         self.test_f1[dataloader_idx].update(logits, y)
         self.log_dict(self.test_metrics[dataloader_idx], add_dataloader_idx=False, batch_size=len(x))
+        self._tested[dataloader_idx].append((logits.argmax(1).detach(), y.detach()))
+
+    def on_test_epoch_start(self) -> None:
+        # per test dataloader: (predicted class ids (B,), targets (B,)) of every batch, in loader order, so the
+        # eval report after `ferlab train test=true` needs no second pass through the network
+        self._tested: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.test_prefixes]
+
+    def tested_predictions(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Metric prefix -> (predictions (N,), targets (N,)) on CPU of this process's last test run."""
+        out = {}
+        for prefix, batches in zip(self.test_prefixes, getattr(self, "_tested", []), strict=False):
+            if batches:
+                out[prefix] = (torch.cat([p for p, _ in batches]).cpu(), torch.cat([t for _, t in batches]).cpu())
+        return out
 
     def on_test_epoch_end(self) -> None:
         for prefix, f1 in zip(self.test_prefixes, self.test_f1, strict=False):
@@ -127,6 +146,7 @@ class Classifier(pl.LightningModule):
             f1.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ferlab_version"] = version_info()  # plain strings and bools: weights_only loadable
         # the normalization actually used ("auto" is measured on train), so restore() feeds inputs alike
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "mean"):

@@ -1,7 +1,9 @@
-"""Callbacks that make a run survive kills and bad numbers: exact RNG state in checkpoints, a last.ckpt written
-at every epoch end, and a guard that stops on a non-finite loss before it reaches the weights.
+"""Callbacks that make a run survive kills and bad numbers: exact RNG state in checkpoints, the epoch's partial
+metric states for a resume in the middle of an epoch, a last.ckpt written at every epoch end, and a guard that stops
+on a non-finite loss before it reaches the weights.
 
-`callbacks()` is what `ferlab train` adds to every run (with `ferlab.lit.preemption.Preemption`).
+`callbacks()` is what `ferlab train` adds to every run (with `ferlab.lit.preemption.Preemption`, which saves
+through `LastCheckpoint` when a signal stops the run).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from torch import Tensor
+from torchmetrics import Metric
 
+from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError
+from ferlab.runfiles import LAST_NAME
 
 log = logging.getLogger(__name__)
-
-LAST = "last.ckpt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,11 +53,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class RngState(Callback):
     """Saves the global RNG states in every checkpoint and puts them back when a run resumes from it.
 
-    Lightning restores weights, optimizer, scheduler and loop counters but not the RNGs. Shuffling (RandomSampler
-    and WeightedRandomSampler draw their seed from torch's global RNG when the epoch's iterator starts), dataloader
-    worker seeds, the batched augmentation and dropout all draw from them, so restoring them is what makes a run
-    resumed at an epoch boundary bit-identical to one never stopped. The states are applied as soon as Lightning
-    loads callback states, which is before the resumed epoch's iterator is created and nothing draws in between.
+    Lightning restores weights, optimizer, scheduler and loop counters but not the RNGs. Shuffling (each epoch's
+    seed is drawn from torch's global RNG when its first batch is fetched: `ferlab.data.resumable`), the batched
+    augmentation and dropout all draw from them, so restoring them is what makes a resumed run bit-identical to one
+    never stopped. The states are applied as soon as Lightning loads callback states; nothing draws from them
+    before the first resumed batch (a mid-epoch resume replays the epoch's order from its saved seed instead of
+    drawing one, and loaders seed their workers from their own generators).
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -74,20 +78,22 @@ class LastCheckpoint(Checkpoint):
     as a Checkpoint it runs after them, so the saved ModelCheckpoint state already knows this epoch's best.
     """
 
-    def __init__(self) -> None:
-        self.dirpath: Path | None = None
+    def __init__(self, dirpath: str | Path | None = None) -> None:
+        self.dirpath = Path(dirpath) if dirpath else None  # known before setup: a DDP main process never runs it
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         owners = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_last]
         if owners and stage == "fit":
-            self.dirpath = Path(owners[0].dirpath or Path(trainer.default_root_dir) / "checkpoints")
+            self.dirpath = self.dirpath or Path(owners[0].dirpath or Path(trainer.default_root_dir) / "checkpoints")
             for owner in owners:
                 owner.save_last = False
+            if trainer.is_global_zero and self.dirpath.is_dir():  # left by an earlier attempt killed mid-save
+                remove_temporaries(self.dirpath, ".ckpt")
 
     @property
     def path(self) -> Path | None:
         """Where last.ckpt goes (None when the run keeps no last checkpoint)."""
-        return self.dirpath / LAST if self.dirpath is not None else None
+        return self.dirpath / LAST_NAME if self.dirpath is not None else None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.path is not None and not trainer.sanity_checking:
@@ -101,12 +107,78 @@ class LastCheckpoint(Checkpoint):
         return self.path
 
 
+def last_checkpoint(trainer: pl.Trainer) -> Path | None:
+    """Where this trainer keeps last.ckpt (None when it keeps none); the one place that path is derived."""
+    return next((c.path for c in trainer.callbacks if isinstance(c, LastCheckpoint) and c.path is not None), None)
+
+
+def _metric_states(module: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """Every torchmetrics Metric's accumulated state (tensors or lists of tensors, on the CPU) and update count."""
+    out = {}
+    for name, metric in module.named_modules():
+        if isinstance(metric, Metric):
+            state = {k: [t.detach().cpu() for t in v] if isinstance(v, list) else v.detach().cpu()
+                     for k, v in metric.metric_state.items()}
+            out[name] = {"state": state, "updates": metric.update_count}
+    return out
+
+
+def _load_metric_states(module: torch.nn.Module, states: dict[str, dict[str, Any]]) -> None:
+    metrics = dict(module.named_modules())
+    for name, saved in states.items():
+        metric = metrics.get(name)
+        if not isinstance(metric, Metric):
+            continue
+        for key, value in saved["state"].items():
+            setattr(metric, key, [t.to(metric.device) for t in value] if isinstance(value, list)
+                    else value.to(metric.device))
+        metric._update_count = saved["updates"]  # torchmetrics keeps no setter; forward's state reduction reads it
+        metric._computed = None
+
+
+class EpochState(Callback):
+    """Puts back what Lightning's checkpoint leaves out when a run resumes in the middle of an epoch.
+
+    Lightning restores the loops (which batch comes next) and the dataloader (`ferlab.data.resumable`); not the
+    epoch's partial torchmetrics states (train/loss and train/acc so far: the resumed epoch would average only the
+    batches after the resume) nor `trainer.callback_metrics` (the epoch's `lr-*`, logged by LearningRateMonitor
+    when the epoch started: the epoch's history row would lack it). Both are saved in every checkpoint, one entry
+    per rank (each rank holds its own share of the batches), and put back before the first resumed batch, only
+    when Lightning resumes mid-epoch.
+    """
+
+    KEY = "ferlab_epoch_state"
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        scalars = {k: v.detach().cpu() for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+        mine = {"metrics": _metric_states(pl_module), "callback_metrics": scalars}
+        ranks = [mine]
+        if trainer.world_size > 1 and torch.distributed.is_initialized():  # every rank saves: a collective is safe
+            ranks = [None] * trainer.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        checkpoint[self.KEY] = ranks
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.pending = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ranks, self.pending = self.pending, None
+        if not ranks or not trainer.fit_loop.restarted_mid_epoch:
+            return
+        state = ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
+        _load_metric_states(pl_module, state["metrics"])
+        trainer.callback_metrics.update({k: v.to(pl_module.device) for k, v in state["callback_metrics"].items()})
+
+
 class NonFiniteLoss(FerlabError):
     """Training produced a NaN or infinite loss, or weights about to be checkpointed are not finite."""
 
 
 def _last_good(trainer: pl.Trainer) -> str:
-    last = next((c.path for c in trainer.callbacks if isinstance(c, LastCheckpoint) and c.path), None)
+    last = last_checkpoint(trainer)
     return str(last) if last is not None and last.is_file() else "none saved yet"
 
 
@@ -143,12 +215,10 @@ class NanGuard(Callback):
 
 
 def callbacks(configured: list[Callback]) -> list[Callback]:
-    """The reliability callbacks every `ferlab train` run gets next to the `configured` ones.
+    """The reliability callbacks every `ferlab train` run gets next to the `configured` ones (and `Preemption`).
 
     LastCheckpoint only joins when a configured ModelCheckpoint asks for a last checkpoint (`callbacks=none`
     keeps no checkpoints at all, and a Checkpoint callback alone would pose as the trainer's checkpoint_callback).
     """
-    from ferlab.lit.preemption import Preemption
-
-    wants_last = any(isinstance(c, ModelCheckpoint) and c.save_last for c in configured)
-    return [RngState(), NanGuard(), Preemption(), *([LastCheckpoint()] if wants_last else [])]
+    owner = next((c for c in configured if isinstance(c, ModelCheckpoint) and c.save_last), None)
+    return [RngState(), EpochState(), NanGuard(), *([LastCheckpoint(owner.dirpath)] if owner is not None else [])]

@@ -1,12 +1,16 @@
 """Rebuild a trained network from a checkpoint alone: the run config stored in it says how.
 
 Used by eval, explain, predict, demo and export, so none of them needs the model overrides repeated.
-Loading is weights-only; a file that is missing, truncated, foreign, or whose weights do not fit the
-rebuilt network is one clear `FerlabError`.
+Loading is weights-only, and the stored config is data (`ferlab.stored`): the network comes from a builder
+in ferlab's model registry called with plain keyword values, never from `instantiate` on what the file says.
+A user's own model class is named by the user (`+model._target_=...`, trusted like any config), never by the
+checkpoint alone. A file that is missing, truncated, foreign, hostile, or whose weights do not fit the rebuilt
+network is one clear `FerlabError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
 from ferlab.lit.ckpt_file import load_checkpoint
+from ferlab.models.registry import builder_for_target
+from ferlab.stored import plain_list, refused, target_and_kwargs
 
 
 @dataclass
 class Restored:
     """A network in eval mode plus what is needed to feed it.
 
-    config: the resolved run config (plain dict) the checkpoint was trained with.
+    config: the resolved run config (plain dict) the checkpoint was trained with; its `model` and `data`
+    sections have been checked (plain values, registered builder and reader), the rest is never used to build.
     class_names: label order of the head; in_chans, image_size, mean, std: the input it expects
     (float images in [0, 1] are normalized as (x - mean) / std).
     """
@@ -43,50 +51,100 @@ class Restored:
         return (x - mean) / std
 
 
-def _norm_stats(checkpoint: dict, data: dict, in_chans: int) -> tuple[list[float], list[float]]:
+def _norm_stats(checkpoint: dict, data: dict, in_chans: int, where: str) -> tuple[list[float], list[float]]:
     """The normalization the run trained with: measured values saved by the datamodule win over config."""
     stats = checkpoint.get("ferlab_normalization") or {}
     mean, std = stats.get("mean", data.get("mean")), stats.get("std", data.get("std"))
     if not isinstance(mean, list) or not isinstance(std, list):
-        raise FerlabError("checkpoint has no usable normalization (data.mean/std) in its config")
+        raise FerlabError(f"{where}: checkpoint has no usable normalization (data.mean/std) in its config")
+    mean, std = plain_list(mean, "data.mean", where, (int, float)), plain_list(std, "data.std", where, (int, float))
     if len(mean) == 1 and in_chans == 3:
         mean, std = mean * 3, std * 3
     return [float(m) for m in mean], [float(s) for s in std]
 
 
-def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> Restored:
-    """Load a ferlab checkpoint (weights_only) and rebuild its network from the stored config."""
-    from hydra.utils import instantiate
+def _int(value: Any, key: str, where: str, default: int) -> int:
+    value = default if value is None else value
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise refused(where, key, f"expected a positive integer, got {value!r}"[:120])
+    return value
 
-    path = Path(ckpt_path)
-    checkpoint = load_checkpoint(path, map_location=map_location)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    config = hparams.get("config")
-    if not isinstance(config, dict) or "model" not in config or "state_dict" not in checkpoint:
-        raise FerlabError(f"{path} is not a ferlab checkpoint (no stored run config or weights)")
+
+def model_builder(model_cfg: Any, where: str, user_model: Mapping | None = None) -> tuple[str, Callable[[], nn.Module]]:
+    """(the model's name, a call that builds it) for a stored model config, checked before anything is called.
+
+    The builder is the registered ferlab model the config names, or `user_model` (the user's own trusted
+    `{_target_: ...}` config), called with the stored keyword values. `pretrained` is dropped to null: the
+    weights are the checkpoint's, not downloaded again.
+    """
+    target, kwargs = target_and_kwargs(model_cfg, "model", where)
+    if "pretrained" in kwargs:
+        kwargs["pretrained"] = None
+    if user_model:
+        from hydra.utils import instantiate
+
+        user = dict(user_model)
+        return str(user.get("_target_")), lambda: instantiate(user, **{k: v for k, v in kwargs.items() if k not in user})
     try:
-        net = instantiate(config["model"])
-    except Exception as e:  # the stored model config no longer builds (renamed class, removed argument)
-        raise FerlabError(f"{path}: cannot rebuild model {config['model'].get('_target_')}: {e}") from None
+        builder = builder_for_target(target)
+    except FerlabError:
+        raise refused(where, "model._target_", f"{target!r} is not a registered ferlab model; a model class of your "
+                      f"own must be named by you: +model._target_=<its import path>") from None
+    return target, lambda: builder(**kwargs)
+
+
+def rebuild(name: str, build: Callable[[], nn.Module], where: str) -> nn.Module:
+    """Call a checked builder; an argument it no longer takes is one line."""
+    try:
+        return build()
+    except Exception as e:  # the stored arguments no longer fit (renamed or removed argument, bad value)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FerlabError(f"{where}: cannot rebuild model {name}: {message}") from None
+
+
+def stored_config(checkpoint: dict, where: str) -> dict[str, Any]:
+    """The run config inside a checkpoint, with its model and data sections checked (nothing is called)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    config = hparams.get("config") if isinstance(hparams, dict) else None
+    if not isinstance(config, dict) or "model" not in config or "state_dict" not in checkpoint:
+        raise FerlabError(f"{where} is not a ferlab checkpoint (no stored run config or weights)")
+    target_and_kwargs(config["model"], "model", where)
+    if config.get("data") is not None:
+        check_stored_data(config["data"], where)
+    return config
+
+
+def load_net_weights(net: nn.Module, checkpoint: dict, where: str) -> None:
+    """The checkpoint's `net.*` tensors into `net`; a mismatch is one line with the first differences."""
     weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise FerlabError(f"{path}: weights do not fit the rebuilt model: {first}") from None
-    data = config.get("data", {})
-    in_chans = int(data.get("in_chans", 1))
-    mean, std = _norm_stats(checkpoint, data, in_chans)
-    return Restored(
-        net=net.eval().to(map_location),
-        config=config,
-        class_names=list(hparams.get("class_names") or data.get("class_names") or []),
-        in_chans=in_chans,
-        image_size=int(data.get("image_size", 48)),
-        mean=mean,
-        std=std,
-        path=path,
-    )
+        raise FerlabError(f"{where}: weights do not fit the rebuilt model: {first}") from None
+
+
+def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
+            model: Mapping | None = None) -> Restored:
+    """Load a ferlab checkpoint (weights_only), check its stored config and rebuild its network.
+
+    model: the user's own model config (`{_target_: ...}`, trusted), for a network outside ferlab's registry.
+    """
+    path = Path(ckpt_path)
+    where = str(path)
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    config = stored_config(checkpoint, where)
+    data = config.get("data") or {}
+    in_chans = _int(data.get("in_chans"), "data.in_chans", where, 1)
+    image_size = _int(data.get("image_size"), "data.image_size", where, 48)
+    mean, std = _norm_stats(checkpoint, data, in_chans, where)
+    names = (checkpoint.get("hyper_parameters") or {}).get("class_names") or data.get("class_names") or []
+    class_names = plain_list(list(names) if isinstance(names, (list, tuple)) else names, "class_names", where, str)
+    name, build = model_builder(config["model"], where, model)
+    net = rebuild(name, build, where)
+    load_net_weights(net, checkpoint, where)
+    return Restored(net=net.eval().to(map_location), config=config, class_names=list(class_names),
+                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path)
 
 
 def check_classes(restored: Restored, num_classes: int, where: str) -> None:

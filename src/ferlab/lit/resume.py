@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from ferlab.errors import FerlabError
+from ferlab.runfiles import LAST
 
 log = logging.getLogger(__name__)
-
-LAST = Path("checkpoints") / "last.ckpt"
 
 
 def latest_run(runs_dir: Path) -> Path | None:
@@ -56,7 +56,17 @@ def _run_to_continue(cfg: DictConfig, value: str) -> Path | None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """The checkpoint file `cfg.ckpt_path` points at; when a run continues in place, set `paths.output_dir` to it."""
+    """The checkpoint file `cfg.ckpt_path` points at; when a run continues in place, set `paths.output_dir` to it.
+
+    The run dir is live from here on: a failed.json an earlier attempt left there (a crash, a signal, a sweep job
+    that never started) is removed.
+    """
+    ckpt = _checkpoint_to_resume(cfg)
+    (Path(cfg.paths.output_dir) / "failed.json").unlink(missing_ok=True)
+    return ckpt
+
+
+def _checkpoint_to_resume(cfg: DictConfig) -> str | None:
     value = cfg.get("ckpt_path")
     if value is None or str(value).strip() == "":
         return None
@@ -73,6 +83,48 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         log.info("continuing run %s (this command's own directory keeps only its config and log)", run_dir)
         with open_dict(cfg):
             cfg.paths.output_dir = run_dir
-    (Path(run_dir) / "failed.json").unlink(missing_ok=True)  # the run is live again
     log.info("resuming from %s", ckpt)
     return str(Path(run_dir) / LAST)
+
+
+def _first_difference(saved: dict, own: dict) -> str | None:
+    """The first weight the checkpoint lacks, has in excess, or holds in another shape; None when all fit."""
+    for key, tensor in own.items():
+        if key not in saved:
+            return f"no weight {key}"
+        if tuple(saved[key].shape) != tuple(tensor.shape):
+            return f"{key} is {tuple(saved[key].shape)} there, {tuple(tensor.shape)} here"
+    extra = next((k for k in saved if k not in own), None)
+    return f"unexpected weight {extra}" if extra else None
+
+
+def _model_defaults(stored: dict) -> dict | None:
+    """The stored model family's conf/model/<name>.yaml as plain data (None when there is no such file)."""
+    import yaml
+
+    from ferlab.lit.mismatch import model_name
+    from ferlab.runner import CONF_DIR
+
+    path = Path(CONF_DIR) / "model" / f"{model_name(stored)}.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def check_fits(ckpt: str, model: Any, config: dict) -> None:
+    """Before Lightning loads `ckpt` into `model` (a LightningModule): one line naming the checkpoint's model and
+    data and this run's when its weights do not fit. Tensors are memory-mapped, so the check reads little."""
+    import torch
+
+    from ferlab.lit.ckpt_file import load_checkpoint
+    from ferlab.lit.mismatch import describe_mismatch
+
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (or not one at all): the full load says what is wrong
+        saved = load_checkpoint(ckpt)
+    problem = _first_difference(saved.get("state_dict") or {}, model.state_dict())
+    if problem is None:
+        return
+    stored = (saved.get("hyper_parameters") or {}).get("config")
+    if not isinstance(stored, dict):
+        raise FerlabError(f"checkpoint {ckpt} does not fit this run's network ({problem}) and holds no ferlab config")
+    raise FerlabError(describe_mismatch(stored, config, ckpt, detail=problem, defaults=_model_defaults(stored)))

@@ -38,6 +38,20 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
+def builder_for_target(target: str) -> Callable[..., nn.Module]:
+    """The registered builder a config names: its registry name or exactly its import path (`_target_`).
+
+    A stored config (a checkpoint's) is rebuilt only this way, so it can name nothing but a ferlab model.
+    """
+    import ferlab.models  # noqa: F401
+
+    by_path = {f"{fn.__module__}.{fn.__name__}": fn for fn in _MODELS.values()}
+    builder = by_path.get(target) or _MODELS.get(target)
+    if builder is None:
+        raise FerlabError(f"{target!r} is not a registered ferlab model")
+    return builder
+
+
 def create_model(name: str, /, **kwargs) -> nn.Module:
     """Build a registered model by name (positional: `model=timm` has a `name` argument of its own)."""
     return get_builder(name)(**kwargs)

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ferlab.errors import FerlabError
+from ferlab.errors import DataNotFound, FerlabError
 
 # Split codes stored in FERData.split; a reader uses the ones its format has.
 SPLITS = ("train", "val", "test", "test_public", "test_private")
@@ -67,7 +67,7 @@ def require_path(path: Path, what: str, hint: str = "", folder: bool = False) ->
     ok = path.is_dir() if folder else path.is_file()
     if not ok:
         kind = "folder" if folder else "file"
-        raise FerlabError(f"{what} not found: {path} (no such {kind}{'; ' + hint if hint else ''})")
+        raise DataNotFound(f"{what} not found: {path} (no such {kind}{'; ' + hint if hint else ''})")
     return path
 
 

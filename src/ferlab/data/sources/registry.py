@@ -12,7 +12,7 @@ from ferlab.errors import FerlabError
 
 _SOURCES: dict[str, type] = {}
 # The reader modules; importing them registers their classes. A new reader is one file plus one name here.
-READER_MODULES = ("fer2013", "ferplus", "folders", "synthetic")
+READER_MODULES = ("fer2013", "ferplus", "folders", "synthetic", "rafdb", "affectnet")
 
 
 def register_source(cls: type) -> type:

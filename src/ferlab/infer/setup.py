@@ -1,0 +1,32 @@
+"""What `ferlab predict` and `ferlab demo` share: the model on its backend, the face detector, and a word on
+what the model was trained on."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ferlab.runner import user_model
+
+SYNTHETIC_NOTE = (
+    "note: this model was trained on ferlab's synthetic faces (data={name}); its labels mean little on real "
+    "photos. For real faces, train on FER2013, FER+ or a folder set, e.g. "
+    "`ferlab train data=fer2013 data.source.csv_path=/path/to/fer2013.csv`"
+)
+
+
+def build_predictor(cfg: DictConfig) -> Any:
+    """A `Predictor` from the task config: `ckpt_path`/`backend`/`model_path`/`color`/`device`/`threads`, the
+    user's own `model` class if named, and `detector` (instantiated: the user's config, not the checkpoint's)."""
+    from hydra.utils import instantiate
+
+    from ferlab.infer.backends import load_model
+    from ferlab.infer.predictor import Predictor
+
+    model = load_model(cfg.ckpt_path, cfg.backend, cfg.model_path, cfg.color, cfg.device, int(cfg.threads),
+                       model=user_model(cfg))
+    if model.trained_on == "synthetic":
+        print(SYNTHETIC_NOTE.format(name=model.trained_on), file=sys.stderr)
+    return Predictor(model, instantiate(cfg.detector))
