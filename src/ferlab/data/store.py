@@ -27,7 +27,7 @@ from ferlab.data.io import current_umask
 from ferlab.errors import FerlabError
 
 DIGEST_BYTES = 16
-COPY_BYTES = 64 << 20  # rows moved or hashed per step of a chunked pass over a staged file
+COPY_BYTES = 16 << 20  # rows moved or hashed per step of a chunked pass over a staged file
 
 
 def default_workers() -> int:
@@ -40,7 +40,10 @@ def row_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = np.ascontiguousarray(rows).reshape(len(rows), -1)
     digests = np.frombuffer(b"".join(hashlib.blake2b(r.data, digest_size=DIGEST_BYTES).digest() for r in flat),
                             dtype=np.uint8).reshape(len(rows), DIGEST_BYTES)
-    return digests, flat.std(1, dtype=np.float32)  # two-pass float32: exact enough for a threshold
+    n = max(1, flat.shape[1])
+    mean = flat.sum(1, dtype=np.uint64) / n  # exact integer sums: no (B, D) float copy
+    square = np.square(flat, dtype=np.uint16).sum(1, dtype=np.uint64) / n
+    return digests, np.sqrt(np.maximum(square - mean * mean, 0)).astype(np.float32)
 
 
 def npy_header(shape: tuple[int, ...]) -> bytes:
