@@ -58,8 +58,8 @@ def cache_slot(source: Source, files: list[Path], version: int = CACHE_VERSION) 
 def cache_key(source: Source, files: list[Path] | None = None) -> str:
     """The slot plus every file's (size, mtime): changes whenever an input file does."""
     files = source.files() if files is None else files
-    stats = [(st.st_size, st.st_mtime_ns) for st in map(os.stat, files)]
-    return _digest([cache_slot(source, files), stats])
+    stats = np.array([(st.st_size, st.st_mtime_ns) for st in map(os.stat, files)], dtype=np.int64)  # (F, 2)
+    return hashlib.sha1(cache_slot(source, files).encode() + stats.tobytes()).hexdigest()[:20]
 
 
 @dataclasses.dataclass

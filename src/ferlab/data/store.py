@@ -146,9 +146,13 @@ def stage(shape: tuple[int, ...]) -> Staged:
 def write_rows(fd: int, staged_offset: int, row_bytes: int, start: int, rows: np.ndarray) -> None:
     """Write uint8 rows (B, ...) at row `start` of an open staged file."""
     data = memoryview(np.ascontiguousarray(rows)).cast("B")
-    done = 0
-    while done < len(data):  # pwrite may write less than asked
-        done += os.pwrite(fd, data[done:], staged_offset + start * row_bytes + done)
+    done, at = 0, staged_offset + start * row_bytes
+    while done < len(data):  # a write may take less than asked
+        if hasattr(os, "pwrite"):
+            done += os.pwrite(fd, data[done:], at + done)
+        else:  # Windows: each decoding process has its own descriptor, so seek + write is safe
+            os.lseek(fd, at + done, os.SEEK_SET)
+            done += os.write(fd, data[done:])
 
 
 def copy_into_stage(images: np.ndarray) -> Staged:
