@@ -8,6 +8,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,31 @@ def test_a_damaged_cache_is_rebuilt_never_trusted(tmp_path, how, monkeypatch):
     np.testing.assert_array_equal(good.digests, again.digests)
     assert sorted(p.name for p in folder.iterdir()) == sorted([entry.images.name, entry.manifest.name, entry.lock.name])
     assert load_or_build(src, folder) is not None and len(reads) == 1  # and trusted again
+
+
+def test_two_runs_at_once_decode_once_and_a_killed_build_leaves_nothing(tmp_path, monkeypatch):
+    csv = write_fer2013_csv(tmp_path / "fer2013.csv", *make_dataset(SynthSpec(num_images=300, seed=5)))
+    folder, entry = tmp_path / "cache", cache_entry(Fer2013Csv(str(csv)), tmp_path / "cache")
+    folder.mkdir()
+    (folder / f".{entry.stem}.k1ll3d.npy").write_bytes(b"half an image file")  # staged by a killed build
+    real, reads = Fer2013Csv.read, []
+
+    def slow_read(self):
+        reads.append(self)
+        time.sleep(0.5)  # the second run arrives while the first is decoding
+        return real(self)
+
+    monkeypatch.setattr(Fer2013Csv, "read", slow_read)
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(load_or_build(Fer2013Csv(str(csv)), folder)))
+            for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert len(reads) == 1 and len(results) == 2  # the second run waited for the first, then mapped its entry
+    np.testing.assert_array_equal(results[0].images, results[1].images)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([entry.images.name, entry.manifest.name, entry.lock.name])
 
 
 def test_parallel_decode_gives_the_same_bytes_as_one_process(fer5_dir, tmp_path, monkeypatch):
