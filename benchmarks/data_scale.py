@@ -120,7 +120,7 @@ def measure(full: Path, work: Path, n: int, quick: bool) -> dict[str, float]:
     root = work / str(n)
     link_subset(full, root / "data" / "fer5", n)
     train = train_overrides(QUICK_STEPS if quick else STEPS)
-    row = {"n": n, "decode_1": decode_rate(root, 1)}
+    row = {"n": n, "load": os.getloadavg()[0], "decode_1": decode_rate(root, 1)}
     row["rss_cold"] = peak_rss(root, [*train, "data.decode_workers=2"])  # decodes into root/.cache, then trains
     row["decode_2"] = decode_rate(root, 2)
     row["cache_bytes"] = sum(p.stat().st_size for p in (root / ".cache" / "ferlab").glob("*.np*"))
@@ -144,7 +144,8 @@ def to_markdown(rows: list[dict[str, float]], quick: bool) -> str:
     startup = max(r["startup_s"] for r in rows)
     return "\n".join([
         f"### Dataset size: decode, cache, start-up and training memory{' (--quick)' if quick else ''}", "",
-        f"Synthetic fer5 folders (largest side {SIDE}, PNG and JPEG), decoded to 224x224 RGB. Machine: {machine()}.",
+        f"Synthetic fer5 folders (largest side {SIDE}, PNG and JPEG), decoded to 224x224 RGB. Machine: {machine()}; "
+        f"load average {rows[0]['load']:.1f} when it started (decoding with 2 processes needs 2 idle cores).",
         "", table(["images", "decode img/s, 1 process", "2 processes", "speed-up", "cache on disk",
                    "cached start-up", "peak RSS cold (decode + train)", "peak RSS warm (train)"], body,
                   right=range(1, 8)), "",
