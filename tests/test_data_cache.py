@@ -186,7 +186,7 @@ peaks = []
 for size in (16, 224):  # the same images and steps from a 2 MB cache, then from a 300 MB one
     cfg = compose_run("train", [f"paths.root_dir={root}", "data=fer5", f"data.source.root={root}/fer5",
                       f"paths.cache_dir={cache}", f"data.source.image_size={size}", "data.image_size=16",
-                      "data.batch_size=16", "model.width=8", "augment=none", "trainer.max_epochs=1",
+                      "data.batch_size=16", "data.eval_batch_size=16", "model.width=8", "augment=none", "trainer.max_epochs=1",
                       "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2",
                       "test=false", "logger=none",
                       "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"], f"{root}/run{size}")

@@ -155,7 +155,7 @@ def _publish(entry: Entry, key: str, data: FERData, staged: store.Staged) -> Non
     n = staged.shape[0]
     with open(staged.path, "rb") as f:
         os.fsync(f.fileno())
-    if _sampled_mismatch(np.load(staged.path, mmap_mode="r"), staged.digests):  # the write-time check
+    if _sampled_mismatch(staged.path, staged.digests):  # the write-time check
         raise RuntimeError(f"{staged.path}: rows read back differ from what was written")
     os.replace(staged.path, entry.images)
     st = os.stat(entry.images)
@@ -209,18 +209,21 @@ def _open_images(path: Path, header: dict, digests: np.ndarray) -> tuple[np.ndar
         return None, "corrupt (unreadable image file)"
     if images.dtype != np.uint8 or list(images.shape) != header.get("shape"):
         return None, "corrupt (its image file holds another array)"
-    if _sampled_mismatch(images, digests):
+    if _sampled_mismatch(path, digests):
         return None, "corrupt (sampled images differ from their checksums)"
     return images, ""
 
 
-def _sampled_mismatch(images: np.ndarray, digests: np.ndarray) -> bool:
-    """Whether any of SAMPLED_ROWS evenly spread rows (first and last included) differs from its digest."""
-    if not len(images):
+def _sampled_mismatch(path: Path, digests: np.ndarray) -> bool:
+    """Whether any of SAMPLED_ROWS evenly spread rows (first and last included) of the .npy at `path` differs from
+    its digest (or cannot be read)."""
+    if not len(digests):
         return False
-    rows = np.unique(np.linspace(0, len(images) - 1, SAMPLED_ROWS).round().astype(np.int64))
-    found, _ = store.row_stats(images[rows])
-    store.release(images)
+    rows = np.unique(np.linspace(0, len(digests) - 1, SAMPLED_ROWS).round().astype(np.int64))
+    try:
+        found, _ = store.row_stats(store.read_rows(path, rows))
+    except (OSError, ValueError):
+        return True
     return not np.array_equal(found, digests[rows])
 
 

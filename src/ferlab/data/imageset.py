@@ -3,9 +3,9 @@
 Splits, cleaning and concatenated test sets narrow the index, never the pixels; only a gather (a batch, a
 chunk of an evaluation pass) reads rows, into a new tensor of just those rows. Reading a mapped file counts
 the pages it maps into the process's resident memory, and recent kernels map whole large folios (up to 2 MB)
-around every row touched, so a few hundred random rows map most of a file: after each gather from a file
-larger than KEEP_MAPPED_BYTES its pages are released from this process (the OS page cache keeps them for the
-next epoch), which keeps resident memory flat however large the set. A set pickles as its file's path and
+around every row touched, so a few hundred random rows map most of a file: a file larger than
+KEEP_MAPPED_BYTES is gathered GATHER_GROUP rows at a time, its pages released from this process after each
+group (the OS page cache keeps them for the next epoch), which keeps resident memory flat however large the set. A set pickles as its file's path and
 index: DataLoader workers and DDP ranks map the same file instead of receiving copies.
 """
 
@@ -23,18 +23,25 @@ from ferlab.data.store import release
 from ferlab.errors import FerlabError
 
 KEEP_MAPPED_BYTES = 128 << 20  # a mapped file up to this size simply stays mapped
+GATHER_GROUP = 8  # rows gathered between two releases: at most a few folios mapped at a time
 
 
 class _Pager:
-    """Releases the mapped pages of one large memory-mapped array after each gather."""
+    """Gathers rows of one memory-mapped array; for a large file, in groups, releasing its pages after each."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
         self.active = getattr(array, "_mmap", None) is not None and array.nbytes > KEEP_MAPPED_BYTES
 
-    def gathered(self) -> None:
-        if self.active:
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 (B, ...) copies of `rows` (positions in the array)."""
+        if not self.active:
+            return self.array[rows]
+        out = np.empty((len(rows), *self.array.shape[1:]), dtype=self.array.dtype)
+        for start in range(0, len(rows), GATHER_GROUP):
+            out[start : start + GATHER_GROUP] = self.array[rows[start : start + GATHER_GROUP]]
             release(self.array)
+        return out
 
 
 def _identity(path: str) -> tuple[int, int, int, int]:
@@ -68,9 +75,8 @@ class ImageSet:
         """uint8 numpy rows of `key` (positions in this set), gathered from the array."""
         if isinstance(key, Tensor):
             key = key.cpu().numpy()
-        out = self.array[self.index[key]]  # fancy indexing copies just these rows out of the mapping
-        self._pager.gathered()
-        return out
+        rows = self.index[key]
+        return self._pager.gather(rows) if rows.ndim else self._pager.gather(rows[None])[0]
 
     def __getitem__(self, key: Any) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.rows(key)))

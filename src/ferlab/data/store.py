@@ -190,6 +190,20 @@ def compact(staged: Staged, good: np.ndarray) -> None:
     staged.shape, staged.digests, staged.std = shape, staged.digests[good], staged.std[good]
 
 
+def read_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows of a .npy read with pread, without mapping the file (a spot check maps nothing into this process)."""
+    shape, _, offset = read_npy_header(path)
+    row_bytes = int(np.prod(shape[1:]))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = [os.pread(fd, row_bytes, offset + int(r) * row_bytes) for r in rows]
+    finally:
+        os.close(fd)
+    if any(len(p) != row_bytes for p in parts):
+        raise ValueError(f"{path}: shorter than its header says")
+    return np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), *shape[1:])
+
+
 def open_staged(staged: Staged, unlink: bool = False) -> np.memmap:
     """The staged file read-only and memory-mapped; `unlink` removes its name (the mapping stays valid)."""
     array = np.load(staged.path, mmap_mode="r")
