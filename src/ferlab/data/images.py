@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 DEFAULT_MAX_PIXELS = 40_000_000  # width * height; a 48x48 face set never comes near it
 SHOW_BAD = 5  # how many skipped file names the log and meta list
-CHUNK_BYTES = 8 << 20  # decoded bytes per chunk of work (a chunk's rows are written with one pwrite)
+CHUNK_BYTES = 4 << 20  # decoded bytes per chunk of work (a chunk's rows are written with one pwrite)
 EXIF_ORIENTATION = 0x0112
 
 
@@ -165,7 +165,7 @@ def _run(chunks: list[_Chunk], workers: int) -> Iterator[tuple[int, list[tuple[i
 
 def _chunks(staged: store.Staged, paths: Sequence[Path], boxes: np.ndarray | None, size: int, channels: int,
             max_pixels: int, workers: int) -> list[_Chunk]:
-    per = max(1, min(CHUNK_BYTES // staged.row_bytes, math.ceil(len(paths) / (4 * workers))))
+    per = max(1, min(CHUNK_BYTES // staged.row_bytes, math.ceil(len(paths) / (8 * workers))))  # small tail
     box_list = None if boxes is None else [tuple(int(v) for v in b) for b in np.asarray(boxes).reshape(-1, 4)]
     return [_Chunk(str(staged.path), staged.offset, s, [str(p) for p in paths[s : s + per]],
                    None if box_list is None else box_list[s : s + per], size, channels, max_pixels)
