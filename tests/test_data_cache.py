@@ -118,6 +118,17 @@ def test_a_damaged_cache_is_rebuilt_never_trusted(tmp_path, how, monkeypatch):
     assert load_or_build(src, folder) is not None and len(reads) == 1  # and trusted again
 
 
+def test_an_entry_of_the_old_single_npz_format_is_rebuilt_and_removed(tmp_path):
+    csv = write_fer2013_csv(tmp_path / "fer2013.csv", *make_dataset(SynthSpec(num_images=100, seed=6)))
+    src, folder = Fer2013Csv(str(csv)), tmp_path / "cache"
+    old = folder / f"fer2013csv-{cache_mod.cache_slot(src, src.files(), version=2)}.npz"
+    folder.mkdir()
+    np.savez(old, images=np.zeros((100, 1, 48, 48), np.uint8), header=np.frombuffer(b"{}", np.uint8))
+    data = load_or_build(src, folder)
+    assert isinstance(data.images, np.memmap) and data.images.shape == (100, 1, 48, 48) and data.images.any()
+    assert not old.exists()
+
+
 def test_two_runs_at_once_decode_once_and_a_killed_build_leaves_nothing(tmp_path, monkeypatch):
     csv = write_fer2013_csv(tmp_path / "fer2013.csv", *make_dataset(SynthSpec(num_images=300, seed=5)))
     folder, entry = tmp_path / "cache", cache_entry(Fer2013Csv(str(csv)), tmp_path / "cache")

@@ -66,7 +66,7 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 @dataclass
 class Staged:
-    """A .npy being written: `rows` uint8 rows of `shape[1:]`, their digests and standard deviations."""
+    """A .npy being written: uint8 `shape` from byte `offset`, and each row's digest (N, 16) and std (N,)."""
 
     path: Path
     shape: tuple[int, ...]
@@ -131,11 +131,11 @@ def stage(shape: tuple[int, ...]) -> Staged:
     name = os.path.abspath(name)
     header = npy_header(shape)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the published cache gets the usual permissions
         os.write(fd, header)
         os.ftruncate(fd, len(header) + int(np.prod(shape)))  # sparse: the filesystem allocates as rows land
     finally:
         os.close(fd)
+    os.chmod(name, 0o666 & ~current_umask())  # mkstemp makes 0600; the published cache gets the usual permissions
     staged = Staged(Path(name), tuple(shape), len(header), np.zeros((shape[0], DIGEST_BYTES), np.uint8),
                     np.zeros(shape[0], np.float32))
     if build is not None:
