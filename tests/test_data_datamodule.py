@@ -38,7 +38,7 @@ def test_official_split_uses_publictest_to_validate_and_privatetest_to_test(face
     dm = _dm(faces["csv"], tmp_path)
     assert dm.sizes == {"train": 320, "val": 40, "test": 40} and dm.test_splits == {"test": "test"}
     public = faces["images"][faces["usage"] == "PublicTest"]
-    np.testing.assert_array_equal(dm.splits["val"][0].numpy()[:, 0], public)
+    np.testing.assert_array_equal(dm.splits["val"][0][:].numpy()[:, 0], public)
 
 
 def test_both_test_halves_are_reported_under_their_own_prefixes(faces, tmp_path):
@@ -54,8 +54,8 @@ def test_random_split_is_stratified_seeded_and_leaves_publictest_out(faces, tmp_
     c = _dm(faces["csv"], tmp_path, val_fraction=0.25, seed=2)
     assert a.sizes["train"] + a.sizes["val"] == 320 and a.sizes["test"] == 40
     assert a.meta["splits"] == {"policy": "random", "unused_val_rows": 40, "val_fraction": 0.25}
-    torch.testing.assert_close(a.splits["val"][0], b.splits["val"][0])
-    assert not torch.equal(a.splits["val"][0], c.splits["val"][0])
+    torch.testing.assert_close(a.splits["val"][0][:], b.splits["val"][0][:])
+    assert not torch.equal(a.splits["val"][0][:], c.splits["val"][0][:])
     train_share = np.bincount(faces["labels"][faces["usage"] == "Training"], minlength=7) / 320
     val_share = a.splits["val"][1].bincount(minlength=7).numpy() / a.sizes["val"]
     assert np.abs(train_share - val_share).max() < 0.04  # per-class fractions: stratified
@@ -116,7 +116,7 @@ def test_class_weights_are_inverse_frequency_and_the_balanced_sampler_evens_clas
 
 def test_auto_normalization_is_measured_on_train_in_model_space(faces, tmp_path):
     dm = _dm(faces["csv"], tmp_path, mean="auto", std="auto")
-    x = dm.splits["train"][0].double() / 255
+    x = dm.splits["train"][0][:].double() / 255
     assert dm.mean.flatten().item() == pytest.approx(x.mean().item(), abs=1e-4)
     assert dm.std.flatten().item() == pytest.approx(x.std().item(), abs=1e-3)
     batch = dm.transform(dm.splits["train"][0][:256], train=False)

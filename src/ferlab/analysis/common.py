@@ -101,8 +101,9 @@ def load(cfg: DictConfig) -> Loaded:
     return Loaded(restored, datamodule, device, choice.changed)
 
 
-def split_sets(datamodule: Any, split: str) -> dict[str, tuple[Tensor, Tensor]]:
-    """Metric prefix -> (uint8 images (N, C, H, W), targets (N,)): every test split of the data, or val / train."""
+def split_sets(datamodule: Any, split: str) -> dict[str, tuple[Any, Tensor]]:
+    """Metric prefix -> (uint8 images (N, C, H, W) as an ImageSet: rows of the mapped cache, gathered in batches;
+    targets (N,)): every test split of the data, or val / train."""
     if split == "test":
         loaders = datamodule.test_dataloader()
         return {p: (dl.dataset.images, dl.dataset.targets) for p, dl in zip(datamodule.test_splits, loaders, strict=True)}
@@ -134,9 +135,10 @@ def output_dir(cfg: DictConfig, kind: str, parts: list[str]) -> Path:
     return out
 
 
-def batched(fn: Callable[[Tensor], Tensor], images: Tensor, datamodule: Any, device: torch.device,
+def batched(fn: Callable[[Tensor], Tensor], images: Any, datamodule: Any, device: torch.device,
             batch_size: int | None = None) -> Tensor:
-    """`fn` on every batch of uint8 `images` after the eval transform, on `device`; results concatenated on CPU."""
+    """`fn` on every batch of uint8 `images` (an ImageSet or a tensor: anything with `split(size)`) after the eval
+    transform, on `device`; results concatenated on CPU."""
     size = int(batch_size or datamodule.eval_batch_size)
     out = [fn(datamodule.transform(chunk.to(device, non_blocking=True), train=False)).cpu()
            for chunk in images.split(size)]

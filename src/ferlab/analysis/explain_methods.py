@@ -23,6 +23,7 @@ from ferlab.runfiles import write_json
 log = logging.getLogger("ferlab.explain")
 TARGET_WORDS = {"label": "labelled", "pred": "predicted"}  # target= option -> its words in titles
 GRAD_BATCH = 32  # images per backward pass of saliency / Grad-CAM
+PROTOTYPE_CHUNK = 4096  # train images embedded per step of the prototype means
 
 
 @dataclass
@@ -176,10 +177,14 @@ def embed(ctx: Context, images: Tensor) -> tuple[Tensor, Tensor]:
 def run_prototypes(ctx: Context) -> list[Path]:
     """Report 001's prototype classifier beside the linear head: class means of train embeddings, nearest wins."""
     from ferlab.analysis.metrics import classification_report
-    from ferlab.analysis.prototypes import class_prototypes, prototype_probs
+    from ferlab.analysis.prototypes import class_sums, prototype_probs, prototypes_from
 
     train_images, train_targets = ctx.loaded.datamodule.splits["train"]
-    prototypes = class_prototypes(embed(ctx, train_images)[0], train_targets, len(ctx.names))
+    sums, counts, step = 0, 0, PROTOTYPE_CHUNK
+    for s in range(0, len(train_targets), step):  # running class sums: never every train embedding at once
+        part = class_sums(embed(ctx, train_images[s : s + step])[0], train_targets[s : s + step], len(ctx.names))
+        sums, counts = sums + part[0], counts + part[1]
+    prototypes = prototypes_from(sums, counts)
     features, logits = embed(ctx, ctx.images)
     proto_preds = prototype_probs(features, prototypes).argmax(1)
     reports = {"linear head": classification_report(logits.argmax(1), ctx.targets, ctx.names),

@@ -7,12 +7,22 @@ import torch
 from torch import Tensor
 
 
+def class_sums(features: Tensor, targets: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(N, D) features and (N,) class ids -> (K, D) float64 per-class sums and (K,) counts (add chunks up)."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    sums.index_add_(0, targets.long(), features.double())
+    return sums, torch.bincount(targets.long(), minlength=num_classes).double()
+
+
+def prototypes_from(sums: Tensor, counts: Tensor) -> Tensor:
+    """(K, D) class means from summed features and counts; a class without images gets a NaN row."""
+    counts = counts.unsqueeze(1)  # (K, 1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan"))).float()
+
+
 def class_prototypes(features: Tensor, targets: Tensor, num_classes: int) -> Tensor:
     """(N, D) features and (N,) class ids -> (K, D) class means; a class without images gets a NaN row."""
-    features = features.double()
-    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64).index_add_(0, targets.long(), features)
-    counts = torch.bincount(targets.long(), minlength=num_classes).double().unsqueeze(1)  # (K, 1)
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan"))).float()
+    return prototypes_from(*class_sums(features, targets, num_classes))
 
 
 def prototype_logits(features: Tensor, prototypes: Tensor) -> Tensor:

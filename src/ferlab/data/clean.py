@@ -6,7 +6,6 @@ validation split carved out of train is found too. Counts are logged and returne
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,35 +36,29 @@ class Cleaning:
         check_choice("data.clean.duplicates", self.duplicates, DUPLICATE_POLICIES)
 
 
-def pixel_std(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """(N,) standard deviation of each uint8 image's pixels, in 0-255 units (chunked: no (N,D) float copy)."""
-    out = np.empty(len(images), dtype=np.float64)
-    for s in range(0, len(images), chunk):
-        part = images[s : s + chunk]
-        out[s : s + chunk] = part.reshape(len(part), -1).std(1, dtype=np.float32)  # two-pass: float32 is enough
-    return out
+def _keys(digests: np.ndarray) -> np.ndarray:
+    """(N, 16) uint8 digests as (N,) 16-byte opaque values, comparable with numpy's set routines."""
+    return np.ascontiguousarray(digests).view(np.dtype((np.void, digests.shape[1]))).ravel()
 
 
-def image_digests(images: np.ndarray) -> list[bytes]:
-    """A 16-byte BLAKE2 digest of each image's bytes (equal digests: identical pixels)."""
-    flat = np.ascontiguousarray(images).reshape(len(images), -1)
-    return [hashlib.blake2b(row.data, digest_size=16).digest() for row in flat]
+def clean_train(train: np.ndarray, others: Mapping[str, np.ndarray], cleaning: Cleaning, digests: np.ndarray,
+                pixel_std: np.ndarray) -> tuple[np.ndarray, dict]:
+    """A keep-mask over the train rows and the counts: low-std removed, duplicates per other split.
 
-
-def clean_train(train: np.ndarray, others: Mapping[str, np.ndarray], cleaning: Cleaning) -> tuple[np.ndarray, dict]:
-    """A keep-mask over the train images and the counts: low-std removed, duplicates per other split."""
+    train, others: row indices into the dataset; digests (N, 16) and pixel_std (N,) are its per-row facts
+    (computed once when the images were decoded), so no image is read here.
+    """
     keep = np.ones(len(train), dtype=bool)
     report: dict = {"min_std": cleaning.min_std, "duplicates": cleaning.duplicates}
     if cleaning.min_std is not None:
-        low = pixel_std(train) < cleaning.min_std
+        low = pixel_std[train].astype(np.float64) < cleaning.min_std
         keep &= ~low
         report["low_std_removed"] = int(low.sum())
-    train_digests = image_digests(train)
+    train_keys = _keys(digests[train])
     copies = np.zeros(len(train), dtype=bool)
     report["duplicates_of"] = {}
-    for name, images in others.items():
-        seen = set(image_digests(images))
-        hit = np.fromiter((d in seen for d in train_digests), dtype=bool, count=len(train))
+    for name, rows in others.items():
+        hit = np.isin(train_keys, _keys(digests[rows]))
         report["duplicates_of"][name] = int(hit.sum())
         copies |= hit
     report["duplicates_in_train"] = int(copies.sum())

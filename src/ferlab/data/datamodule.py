@@ -1,4 +1,10 @@
-"""The one LightningDataModule: decoded uint8 tensors in memory, batches by index, GPU-side augmentation."""
+"""The one LightningDataModule: decoded uint8 images memory-mapped from the cache, batches gathered by index,
+GPU-side augmentation.
+
+Splits are row indices into the one mapped array (`ImageSet`); nothing here copies the whole set into memory:
+cleaning reads the per-row digests and standard deviations stored with the cache, "auto" normalization reads a
+seeded sample in chunks, and each batch gathers only its own rows.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferlab.data.augment import BatchAugment, random_crop
 from ferlab.data.cache import load_or_build
 from ferlab.data.clean import Cleaning, clean_train
+from ferlab.data.imageset import ImageSet
 from ferlab.data.resumable import EpochRandomSampler, EpochWeightedSampler, ResumableLoader
 from ferlab.data.sources.base import SPLITS, TRAIN_TARGETS, FERData, Source, check_choice
 from ferlab.data.splits import assign_splits, resolve_policy
@@ -24,16 +31,19 @@ from ferlab.errors import FerlabError
 
 log = logging.getLogger(__name__)
 AUTO_NORM_IMAGES = 10_000  # train images measured for mean/std "auto"
+AUTO_NORM_CHUNK_BYTES = 32 << 20  # uint8 bytes gathered per step of that measurement
 
 
 class BatchTensorDataset(Dataset):
-    """Images uint8 (N,C,H,W) and targets; `__getitems__` slices a whole batch with one index op.
+    """Images uint8 (N,C,H,W) (an `ImageSet` or a tensor) and targets; `__getitems__` gathers a whole batch with
+    one index op. Pickled into DataLoader workers, an ImageSet travels as its file's path (no copy).
 
     `kind` says what a batch's targets are: "index" int64 (B,); "distribution" float (B,K) rows of `soft`;
     "sample" int64 (B,), a class drawn from each image's `soft` row every time it is drawn.
     """
 
-    def __init__(self, images: Tensor, targets: Tensor, soft: Tensor | None = None, kind: str = "index") -> None:
+    def __init__(self, images: ImageSet | Tensor, targets: Tensor, soft: Tensor | None = None,
+                 kind: str = "index") -> None:
         if kind != "index" and soft is None:
             raise ValueError(f"targets of kind {kind!r} need soft targets")
         self.images, self.targets, self.soft, self.kind = images, targets, soft, kind
@@ -69,7 +79,7 @@ def init_worker(worker_id: int) -> None:
 
 
 class FERDataModule(pl.LightningDataModule):
-    """Splits of a decoded source as in-memory batches.
+    """Splits of a decoded source as batches gathered from the memory-mapped cache.
 
     Args:
         source: a reader from `ferlab.data.sources` (or the synthetic writer), built by Hydra.
@@ -82,6 +92,8 @@ class FERDataModule(pl.LightningDataModule):
         val_fraction, test_fraction: shares of train carved (stratified, seeded) into validation / test.
         test_splits: metric prefix -> split name (or list of names, concatenated); None: the source's own.
         clean: a `Cleaning` (or its keys): near-blank and duplicate training images.
+        cache_dir: where decoded datasets are cached (None: decoded into a temporary file on every run).
+        decode_workers: processes decoding image files on a cache miss (None: one per CPU; 1: this process).
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class FERDataModule(pl.LightningDataModule):
         test_splits: Mapping[str, str | Sequence[str]] | None = None,
         clean: Cleaning | Mapping | None = None,
         cache_dir: str | None = None,
+        decode_workers: int | None = None,
         seed: int = 0,
         augment: BatchAugment | None = None,
     ) -> None:
@@ -120,19 +133,29 @@ class FERDataModule(pl.LightningDataModule):
         self.mean_cfg, self.std_cfg = mean, std
         self.policy, self.val_fraction = resolve_policy(split, val_fraction)
         self.test_fraction, self.cache_dir = test_fraction, cache_dir
+        if decode_workers is not None and int(decode_workers) < 1:
+            raise FerlabError(f"data.decode_workers: expected a number of processes >= 1 or null, got {decode_workers}")
+        self.decode_workers = None if decode_workers is None else int(decode_workers)
         chosen = test_splits if test_splits is not None else getattr(source, "test_splits", {"test": "test"})
         self.test_splits = {str(k): v if isinstance(v, str) else list(v) for k, v in chosen.items()}
         self.cleaning = clean if isinstance(clean, Cleaning) else Cleaning(**dict(clean or {}))
         self.augment = augment or BatchAugment()
         self.mix = self.augment.mixing(num_classes)
-        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.splits: dict[str, tuple[ImageSet, Tensor]] = {}
         self.train_soft: Tensor | None = None
         self.train_kind = "index"
         self.meta: dict = {}
+        self._prepared: FERData | None = None  # what prepare_data loaded, for setup in the same process
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_prepared": None}  # DDP spawn: each rank loads (maps) the cache itself
 
     def prepare_data(self) -> None:
+        """Decode once (on the first rank of a node) or check the cache; setup reuses what this loaded."""
+        if self.splits:  # set up already (Lightning calls this again before testing)
+            return
         self.source.prepare()
-        load_or_build(self.source, self.cache_dir)  # decode once, on one process
+        self._prepared = load_or_build(self.source, self.cache_dir, self.decode_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -143,7 +166,7 @@ class FERDataModule(pl.LightningDataModule):
             test_fraction=self.test_fraction, val_split=getattr(self.source, "val_split", "val"), seed=self.seed)
         self.meta = {**data.meta, "splits": notes}
         self._build(data, split, val_name)
-        self._clean()
+        self._clean(data)
         self._set_normalization()
         self.meta["class_counts"] = {k: torch.bincount(t, minlength=self.num_classes).tolist()
                                      for k, (_, t) in self.splits.items()}
@@ -151,7 +174,9 @@ class FERDataModule(pl.LightningDataModule):
 
     def _load(self) -> FERData:
         """The cached (or freshly decoded) data after the source's cheap post-cache step, checked."""
-        data = load_or_build(self.source, self.cache_dir)
+        data = self._prepared if self._prepared is not None else \
+            load_or_build(self.source, self.cache_dir, self.decode_workers)  # another rank: map the cache
+        self._prepared = None
         finish = getattr(self.source, "finish", None)
         data = finish(data) if finish is not None else data
         channels = data.images.shape[1]
@@ -165,11 +190,13 @@ class FERDataModule(pl.LightningDataModule):
         return data
 
     def _build(self, data: FERData, split: np.ndarray, val_name: str) -> None:
-        """Tensors per split name; `val` may alias the split that validates (e.g. test_public)."""
+        """Images (row indices into the mapped array) and targets per split name; `val` may alias the split that
+        validates (e.g. test_public)."""
+        everything = ImageSet(data.images)
         for code, name in enumerate(SPLITS):
             idx = np.flatnonzero(split == code)
             if len(idx):
-                self.splits[name] = (torch.from_numpy(data.images[idx]), torch.from_numpy(data.targets[idx]))
+                self.splits[name] = (everything.subset(idx), torch.from_numpy(data.targets[idx]))
                 if name == "train" and data.train_targets != "index":
                     self.train_soft, self.train_kind = torch.from_numpy(data.soft_targets[idx]), data.train_targets
         if val_name != "val" and val_name in self.splits:
@@ -184,16 +211,17 @@ class FERDataModule(pl.LightningDataModule):
         if empty:
             log.warning("data %s: no training images of class(es) %s", self.name, empty)
 
-    def _clean(self) -> None:
-        """Drop near-blank / duplicate training images as `clean` says; the counts go to the meta."""
+    def _clean(self, data: FERData) -> None:
+        """Drop near-blank / duplicate training images as `clean` says (from the cached per-row digests and
+        standard deviations); the counts go to the meta."""
         images, targets = self.splits["train"]
-        others = {"val": self.splits["val"][0]}
-        others.update({p: self._eval_set(p)[0] for p in self.test_splits})
-        keep, report = clean_train(images.numpy(), {k: v.numpy() for k, v in others.items()}, self.cleaning)
+        others = {"val": self.splits["val"][0].index}
+        others.update({p: self._eval_set(p)[0].index for p in self.test_splits})
+        keep, report = clean_train(images.index, others, self.cleaning, data.digests, data.pixel_std)
         self.meta["clean"] = report
         if not keep.all():
             keep_t = torch.from_numpy(keep)
-            self.splits["train"] = (images[keep_t], targets[keep_t])
+            self.splits["train"] = (images.subset(keep), targets[keep_t])
             self.train_soft = None if self.train_soft is None else self.train_soft[keep_t]
             if not len(self.splits["train"][1]):
                 raise FerlabError(f"data {self.name!r}: cleaning removed every training image ({report})")
@@ -220,7 +248,8 @@ class FERDataModule(pl.LightningDataModule):
         pick = torch.randperm(len(images), generator=g)[:AUTO_NORM_IMAGES]
         total = torch.zeros(self.in_chans, dtype=torch.float64)
         square, count = torch.zeros_like(total), 0
-        for chunk in pick.split(1024):
+        row_bytes = int(np.prod(images.shape[1:]))
+        for chunk in pick.split(max(1, min(1024, AUTO_NORM_CHUNK_BYTES // row_bytes))):
             x = self._to_model_space(images[chunk].float().div_(255))  # (B, C, S, S)
             total += x.sum((0, 2, 3), dtype=torch.float64)
             square += x.square().sum((0, 2, 3), dtype=torch.float64)
@@ -246,15 +275,15 @@ class FERDataModule(pl.LightningDataModule):
 
         return inverse_frequency_weights(self.class_counts, power)
 
-    def _eval_set(self, prefix: str) -> tuple[Tensor, Tensor]:
-        """The images and targets a test prefix evaluates (several splits are concatenated)."""
+    def _eval_set(self, prefix: str) -> tuple[ImageSet, Tensor]:
+        """The images and targets a test prefix evaluates (several splits are concatenated, as indices)."""
         names = self.test_splits[prefix]
         if isinstance(names, str):
             return self.splits[names]
         parts = [self.splits[n] for n in names]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return ImageSet.concat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def _loader(self, images: Tensor, targets: Tensor, train: bool) -> DataLoader:
+    def _loader(self, images: ImageSet, targets: Tensor, train: bool) -> DataLoader:
         """A training loader resumable mid-epoch (`ferlab.data.resumable`), or an evaluation loader in order."""
         dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind) if train else \
             BatchTensorDataset(images, targets)

@@ -2,21 +2,30 @@
 
 Files are opened read-only with Pillow. The header is read first and an image above `max_pixels` is refused
 before any pixel is decoded (decompression bombs). An undecodable or truncated file is an error naming it,
-or, with on_bad_sample=skip, left out, counted and named in the log. Decoding runs on a few threads.
+or, with on_bad_sample=skip, left out, counted and named in the log.
+
+Decoding fills a preallocated .npy (`ferlab.data.store`) chunk by chunk: with more than one decode worker a
+pool of processes decodes the chunks, each writing its rows straight into the file, so neither the workers
+nor the caller hold more than a chunk; the result is the file memory-mapped read-only. Same bytes whatever the
+number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import multiprocessing
 import os
+import signal
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ferlab.data import store
 from ferlab.data.progress import progress
 from ferlab.errors import FerlabError
 
@@ -25,6 +34,8 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 DEFAULT_MAX_PIXELS = 40_000_000  # width * height; a 48x48 face set never comes near it
 SHOW_BAD = 5  # how many skipped file names the log and meta list
+CHUNK_BYTES = 4 << 20  # decoded bytes per chunk of work (a chunk's rows are written with one pwrite)
+EXIF_ORIENTATION = 0x0112
 
 
 class BadImage(ValueError):
@@ -61,22 +72,21 @@ def header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-
-def clamp_box(box: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
-    """A face box (x, y, w, h) clamped to a width x height image, as (left, top, right, bottom); empty: BadImage."""
+def _face_region(box: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """(x, y, w, h) clamped to a width x height image as (left, top, right, bottom); empty is a BadImage."""
     x, y, w, h = (int(v) for v in box)
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-    if x1 <= x0 or y1 <= y0:
+    left, top, right, bottom = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if right <= left or bottom <= top:
         raise BadImage(f"face box (x={x}, y={y}, w={w}, h={h}) lies outside the {width}x{height} image")
-    return x0, y0, x1, y1
+    return left, top, right, bottom
 
 
 def decode_image(path: Path, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                  box: Sequence[int] | None = None) -> np.ndarray:
     """One file to uint8 (channels, size, size): EXIF orientation applied, converted, resized (antialiased).
 
-    box: (x, y, w, h) of the face in the image as displayed (after EXIF orientation), cropped (clamped to the
-    image) before resizing; None: the whole image.
+    box: (x, y, w, h) of the face in the image as displayed (after EXIF orientation), clamped to the image and
+    cropped before resizing; None: the whole image.
     """
     from PIL import Image, ImageOps
 
@@ -86,21 +96,21 @@ def decode_image(path: Path, size: int, channels: int, max_pixels: int = DEFAULT
             if w * h > max_pixels:
                 raise BadImage(f"{w}x{h} = {w * h} pixels is above the cap of {max_pixels} "
                                "(data.source.max_pixels; a decompression bomb?)")
-            crop, side = None, size
-            if box is not None:  # in the displayed frame: width and height swap when EXIF turns the image
-                full = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
-                crop = clamp_box(box, *full)
-                side = -(-size * max(w, h) // min(crop[2] - crop[0], crop[3] - crop[1]))  # face side >= size
-            im.draft("L" if channels == 1 else "RGB", (side, side))  # JPEG: decode at a reduced scale
+            turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) if box is not None else False
+            shown = (h, w) if turned else (w, h)  # size as displayed
+            region = None if box is None else _face_region(box, *shown)
+            # JPEG: decode at a reduced scale that still leaves the face region at least `size` wide and high
+            need = size if region is None else math.ceil(size * max(w, h) / min(region[2] - region[0], region[3] - region[1]))
+            im.draft("L" if channels == 1 else "RGB", (need, need))
             im = ImageOps.exif_transpose(im)
-            if crop is not None:  # scaled to the drafted size
-                sx, sy = im.size[0] / full[0], im.size[1] / full[1]
-                x0, y0 = round(crop[0] * sx), round(crop[1] * sy)
-                im = im.crop((x0, y0, max(round(crop[2] * sx), x0 + 1), max(round(crop[3] * sy), y0 + 1)))
             if im.mode.startswith("I;16"):  # 16-bit gray: keep the top 8 bits instead of clipping at 255
                 im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
             im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size, size):
+            if region is not None:
+                sx, sy = im.size[0] / shown[0], im.size[1] / shown[1]  # the draft's reduction
+                im = im.resize((size, size), Image.Resampling.BILINEAR,
+                               box=(region[0] * sx, region[1] * sy, region[2] * sx, region[3] * sy))
+            elif im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except BadImage:
@@ -112,7 +122,10 @@ def decode_image(path: Path, size: int, channels: int, max_pixels: int = DEFAULT
 
 @dataclass
 class Decoded:
-    """Decoded images uint8 (M,C,S,S) of the M good files, their positions in the input list, and the bad ones."""
+    """Decoded images uint8 (M,C,S,S) of the M good files, their positions in the input list, and the bad ones.
+
+    `images` is the decoded .npy memory-mapped read-only (inside a cache build, the file the cache publishes).
+    """
 
     images: np.ndarray
     good: np.ndarray
@@ -123,41 +136,101 @@ class Decoded:
         return {"count": len(self.bad), "first": [f"{p}: {r}" for p, r in self.bad[:SHOW_BAD]]}
 
 
+@dataclass
+class _Chunk:
+    """One unit of work: rows start..start+len(paths) of a staged file."""
+
+    target: str
+    offset: int
+    start: int
+    paths: list[str]
+    boxes: list[tuple[int, int, int, int]] | None
+    size: int
+    channels: int
+    max_pixels: int
+
+
+def _decode_chunk(chunk: _Chunk) -> tuple[int, list[tuple[int, str]], np.ndarray, np.ndarray]:
+    """Decode a chunk, write its rows (zeros for bad files) into the staged file; (start, bad, digests, std)."""
+    rows = np.zeros((len(chunk.paths), chunk.channels, chunk.size, chunk.size), dtype=np.uint8)
+    bad = []
+    for i, path in enumerate(chunk.paths):
+        try:
+            box = None if chunk.boxes is None else chunk.boxes[i]
+            rows[i] = decode_image(Path(path), chunk.size, chunk.channels, chunk.max_pixels, box)
+        except BadImage as e:
+            bad.append((chunk.start + i, str(e)))
+    fd = os.open(chunk.target, os.O_WRONLY)
+    try:
+        store.write_rows(fd, chunk.offset, rows[0].nbytes, chunk.start, rows)
+    finally:
+        os.close(fd)
+    digests, std = store.row_stats(rows)
+    return chunk.start, bad, digests, std
+
+
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+def _run(chunks: list[_Chunk], workers: int) -> Iterator[tuple[int, list[tuple[int, str]], np.ndarray, np.ndarray]]:
+    """Results of every chunk in order: in this process, or from a pool of `workers` processes."""
+    workers = min(workers, len(chunks))
+    if workers <= 1 or multiprocessing.current_process().daemon:  # a daemon process may not have children
+        yield from map(_decode_chunk, chunks)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-imports
+    pool = multiprocessing.get_context(method).Pool(workers, initializer=_quiet_worker)
+    try:
+        yield from pool.imap(_decode_chunk, chunks)
+        pool.close()
+    finally:
+        pool.terminate()  # an error or Ctrl-C: stop decoding the rest
+        pool.join()
+
+
+def _chunks(staged: store.Staged, paths: Sequence[Path], boxes: np.ndarray | None, size: int, channels: int,
+            max_pixels: int, workers: int) -> list[_Chunk]:
+    per = max(1, min(CHUNK_BYTES // staged.row_bytes, math.ceil(len(paths) / (8 * workers))))  # small tail
+    box_list = None if boxes is None else [tuple(int(v) for v in b) for b in np.asarray(boxes).reshape(-1, 4)]
+    return [_Chunk(str(staged.path), staged.offset, s, [str(p) for p in paths[s : s + per]],
+                   None if box_list is None else box_list[s : s + per], size, channels, max_pixels)
+            for s in range(0, len(paths), per)]
+
+
 def decode_images(paths: Sequence[Path], size: int, channels: int, *, on_bad_sample: str = "error",
                   max_pixels: int = DEFAULT_MAX_PIXELS, description: str = "decoding images",
                   boxes: np.ndarray | None = None) -> Decoded:
     """Decode every file (progress bar); on_bad_sample: error (raise, naming the file) or skip (leave it out).
 
-    boxes: int (N, 4) face boxes (x, y, w, h), one per path, cropped (clamped to the image) before resizing;
-    None: whole images.
+    boxes: (N, 4) int (x, y, w, h) face boxes, each cropped (clamped to its image) before resizing; None: whole
+    images. Runs with the current build's decode workers (`ferlab.data.store.staging`).
     """
-    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
-    ok = np.zeros(len(paths), dtype=bool)
-    bad: list[tuple[str, str]] = []
-
-    def one(i: int) -> tuple[int, str | None]:
-        try:
-            out[i] = decode_image(paths[i], size, channels, max_pixels, None if boxes is None else boxes[i])
-            return i, None
-        except BadImage as e:
-            return i, str(e)
-
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        with progress(description, len(paths)) as advance:
-            for i, reason in pool.map(one, range(len(paths))):
-                advance(1)
-                if reason is None:
-                    ok[i] = True
-                elif on_bad_sample == "error":
+    if boxes is not None and np.shape(boxes) != (len(paths), 4):
+        raise ValueError(f"boxes: expected shape ({len(paths)}, 4), got {np.shape(boxes)}")
+    own = store.current_build() is None
+    with store.staging() if own else contextlib.nullcontext():
+        build = store.current_build()
+        staged = store.stage((len(paths), channels, size, size))
+        chunks = _chunks(staged, paths, boxes, size, channels, max_pixels, build.workers)
+        bad: list[tuple[str, str]] = []
+        ok = np.ones(len(paths), dtype=bool)
+        with progress(description, len(paths), unit="images") as advance, \
+                contextlib.closing(_run(chunks, build.workers)) as results:  # closed on an error: the pool stops
+            for start, bad_rows, digests, std in results:
+                staged.digests[start : start + len(std)], staged.std[start : start + len(std)] = digests, std
+                advance(len(std))
+                if bad_rows and on_bad_sample == "error":
+                    i, reason = bad_rows[0]
                     raise FerlabError(f"{paths[i]}: cannot use this image ({reason}); "
                                       "data.source.on_bad_sample=skip leaves such files out")
-                else:
+                for i, reason in bad_rows:
+                    ok[i] = False
                     bad.append((str(paths[i]), reason))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # after an error, do not decode the rest
-    if bad:
-        log.warning("skipped %d unusable image(s) (on_bad_sample=skip), e.g. %s", len(bad),
-                    "; ".join(f"{p} ({r})" for p, r in bad[:SHOW_BAD]))
-    good = np.flatnonzero(ok)
-    return Decoded(images=out[good] if len(good) < len(paths) else out, good=good, bad=bad)
+        good = np.flatnonzero(ok)
+        if bad:
+            log.warning("skipped %d unusable image(s) (on_bad_sample=skip), e.g. %s", len(bad),
+                        "; ".join(f"{p} ({r})" for p, r in bad[:SHOW_BAD]))
+            store.compact(staged, good)
+        images = store.open_staged(staged, unlink=own)
+    return Decoded(images=images, good=good, bad=bad)

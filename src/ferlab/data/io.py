@@ -59,7 +59,7 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException as e:
         written = tmp.stat().st_size if tmp.exists() else 0
@@ -84,7 +84,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], size: int | No
     return Path(path)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

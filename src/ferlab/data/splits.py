@@ -9,12 +9,11 @@ import logging
 
 import numpy as np
 
-from ferlab.data.sources.base import SPLITS, check_choice
+from ferlab.data.sources.base import DROPPED, SPLITS, check_choice
 from ferlab.errors import FerlabError
 
 log = logging.getLogger(__name__)
 POLICIES = ("official", "random")
-DROPPED = -1  # split code of rows no split uses
 
 
 def holdout_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,7 +120,7 @@ def write_ferplus_folders(root: str | Path, images: np.ndarray, votes: np.ndarra
     return Path(root)
 
 
-def write_image_folders(root: str | Path, images: np.ndarray | list[np.ndarray], labels: np.ndarray,
+def write_image_folders(root: str | Path, images: Iterable[np.ndarray], labels: np.ndarray,
                         folders: list[str], class_names: tuple[str, ...] | list[str], ext: Callable[[int], str] | str = "png") -> Path:
     """root/<folder>/<class>/<folder>_<i>.<ext> for every image (uint8 (H,W) gray or (H,W,3) RGB)."""
     with atomic_dir(root) as tmp:
@@ -139,11 +139,10 @@ def write_fer2013_folders(root: str | Path, images: np.ndarray, labels: np.ndarr
 
 
 def make_fer5(num_images: int, seed: int = 0, size: int = 96, test_fraction: float = 0.2,
-              difficulty: float = 0.3) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+              difficulty: float = 0.3) -> tuple[Iterator[np.ndarray], np.ndarray, list[str]]:
     """Report 000-like faces: labels in FER5 order with its class imbalance, images RGB (every 7th gray) of a
-    random side in [size/2, size], and their train/test folder."""
-    from PIL import Image
-
+    random side in [size/2, size], and their train/test folder. The images are made one at a time as the
+    iterator is consumed (32,000 faces at 256 px would take gigabytes at once)."""
     rng = np.random.default_rng([seed, 5])
     labels = rng.choice(len(FER5), size=num_images, p=FER5_TRAIN_SHARES)
     folders = np.where(rng.random(num_images) < test_fraction, "test", "train")
@@ -152,13 +151,16 @@ def make_fer5(num_images: int, seed: int = 0, size: int = 96, test_fraction: flo
     folders[:cover] = np.where(np.arange(cover) < len(FER5), "train", "test")
     gray = render(FER5_FROM_FER2013[labels], seed=seed, difficulty=difficulty)  # (N, 48, 48)
     tint = rng.uniform(0.75, 1.15, (num_images, 1, 1, 3))  # per-image colour cast, (N,1,1,3)
-    out = []
-    for i, g in enumerate(gray):
-        side = int(rng.integers(size // 2, size + 1))
-        rgb = np.clip(g[..., None] * tint[i], 0, 255).astype(np.uint8)
-        img = Image.fromarray(g if i % 7 == 6 else rgb).resize((side, side), Image.Resampling.BILINEAR)
-        out.append(np.asarray(img))
-    return out, labels, folders.tolist()
+
+    def images() -> Iterator[np.ndarray]:
+        from PIL import Image
+
+        for i, g in enumerate(gray):
+            side = int(rng.integers(size // 2, size + 1))
+            rgb = np.clip(g[..., None] * tint[i], 0, 255).astype(np.uint8)
+            yield np.asarray(Image.fromarray(g if i % 7 == 6 else rgb).resize((side, side), Image.Resampling.BILINEAR))
+
+    return images(), labels, folders.tolist()
 
 
 def write_fer5_folders(root: str | Path, num_images: int, seed: int = 0, size: int = 96, test_fraction: float = 0.2) -> Path:

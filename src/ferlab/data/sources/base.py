@@ -12,6 +12,7 @@ from ferlab.errors import DataNotFound, FerlabError
 
 # Split codes stored in FERData.split; a reader uses the ones its format has.
 SPLITS = ("train", "val", "test", "test_public", "test_private")
+DROPPED = -1  # split code of a row no split uses (e.g. a FER+ image its label mode drops); it stays in the cache
 # How the train split's targets reach the loss: class ids, (K,) distributions, or a class drawn per draw
 TRAIN_TARGETS = ("index", "distribution", "sample")
 BAD_SAMPLE_POLICIES = ("error", "skip")
@@ -19,8 +20,12 @@ BAD_SAMPLE_POLICIES = ("error", "skip")
 
 @dataclass
 class FERData:
-    """A decoded dataset: images uint8 (N,C,H,W), targets int64 (N,), split codes int8 (N,) into SPLITS.
+    """A decoded dataset: images uint8 (N,C,H,W), targets int64 (N,), split codes int8 (N,) into SPLITS
+    (or DROPPED).
 
+    `images` is whatever the reader returns (images from `decode_images` are a memory-mapped .npy); from the
+    cache it is the cached .npy mapped read-only, with `digests` (N,16) uint8 (BLAKE2 of each image's bytes)
+    and `pixel_std` (N,) float32 filled in once when the cache was written.
     `soft_targets` (N,K) float32 holds label distributions where the format has them (FER+ votes).
     `train_targets` says what train batches carry: "index" (targets), "distribution" (soft_targets rows)
     or "sample" (a class drawn from the soft_targets row each time the image is drawn).
@@ -33,6 +38,8 @@ class FERData:
     soft_targets: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     train_targets: str = "index"
+    digests: np.ndarray | None = None
+    pixel_std: np.ndarray | None = None
 
     def indices(self, name: str) -> np.ndarray:
         """Row indices of one split."""
@@ -44,8 +51,8 @@ class FERData:
 
 
 def count_splits(split: np.ndarray) -> dict[str, int]:
-    """Rows per split code present in `split`, by name."""
-    counts = np.bincount(split, minlength=len(SPLITS))
+    """Rows per split code present in `split`, by name (DROPPED rows are not counted)."""
+    counts = np.bincount(split[split >= 0], minlength=len(SPLITS))
     return {name: int(counts[i]) for i, name in enumerate(SPLITS) if counts[i]}
 
 

@@ -39,11 +39,11 @@ _VAL_SPLIT = {"private": "val", "both": "test_public", "merged": None}
 
 
 def remap_splits(split: np.ndarray, roles: dict[str, str]) -> np.ndarray:
-    """Split codes renamed through `roles` (code name -> new code name); others stay."""
+    """Split codes renamed through `roles` (code name -> new code name); others (and DROPPED rows) stay."""
     lut = np.arange(len(SPLITS), dtype=np.int8)
     for old, new in roles.items():
         lut[SPLITS.index(old)] = SPLITS.index(new)
-    return lut[split]
+    return np.where(split >= 0, lut[np.maximum(split, 0)], split).astype(np.int8)
 
 
 class Fer2013Splits:
@@ -77,7 +77,7 @@ def read_fer2013_table(path: Path) -> Table:
 
 def decode_fer2013(table: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images uint8 (N,1,48,48), labels int64 (N,) and the file's split codes (N,) of a FER2013 table."""
-    with progress(f"parsing {table.path.name}", len(table)) as advance:
+    with progress(f"parsing {table.path.name}", len(table), unit="rows") as advance:
         images = parse_pixels(table, advance=advance)
     labels = parse_ints(table, "emotion", "label", 0, len(FER2013) - 1)
     if "Usage" in table.cols:

@@ -4,11 +4,12 @@ label modes of the FER+ reference code (github.com/microsoft/FERPlus, src/ferplu
 Votes come from `fer2013new.csv` (one row per fer2013.csv row, same order; pixels from fer2013.csv) or from
 the repository's per-folder `FER2013{Train,Valid,Test}/label.csv` files (`name, box, 10 votes`; pixels from
 the PNGs beside them). The raw votes are cached; the label mode is applied after the cache, so switching it
-never re-parses.
+never re-parses (rows it drops keep their place in the cached images with the split code DROPPED).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from ferlab.data.images import DEFAULT_MAX_PIXELS, decode_images
 from ferlab.data.sources.base import (
     BAD_SAMPLE_POLICIES,
+    DROPPED,
     SPLITS,
     FERData,
     check_choice,
@@ -137,10 +139,11 @@ class FerPlus(Fer2013Splits):
         self.test = check_choice("data.source.test", test, TEST_SETS)
         self.on_bad_sample = check_choice("data.source.on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
         self.max_pixels = int(max_pixels)
+        self._listed: list[tuple[Table, list[Path]]] | None = None
 
     def files(self) -> list[Path]:
         if self.label_root is not None:  # the label.csv files and every image they name
-            return [p for f in FOLDERS for table, paths in [self._folder_listing(f)] for p in [table.path, *paths]]
+            return [p for table, paths in self._listings() for p in [table.path, *paths]]
         if self.csv_path is None:
             raise FerlabError("data.source.csv_path: FER+ takes its pixels from fer2013.csv; pass its path")
         return [require_path(self.ferplus_path, "FER+ vote file", f"{WHERE}; data.source.ferplus_path"),
@@ -171,6 +174,12 @@ class FerPlus(Fer2013Splits):
         meta = {"layout": "fer2013new.csv + fer2013.csv", "rows": len(votes), "not_face_rows": int((~face).sum())}
         return self._data(images[face], counts[face], split[face], meta)
 
+    def _listings(self) -> list[tuple[Table, list[Path]]]:
+        """Every folder's label.csv table and image paths, read once per reader (files, prepare and read)."""
+        if self._listed is None:
+            self._listed = [self._folder_listing(folder) for folder in FOLDERS]
+        return self._listed
+
     def _folder_listing(self, folder: str) -> tuple[Table, list[Path]]:
         """A folder's label.csv table and the image path of every row (each must exist)."""
         root = require_path(self.label_root, "FER+ label folder root", WHERE, folder=True)
@@ -187,19 +196,16 @@ class FerPlus(Fer2013Splits):
         return table, paths
 
     def _read_folders(self) -> FERData:
-        images, votes, split, bad = [], [], [], []
-        for folder, code in FOLDERS.items():
-            table, paths = self._folder_listing(folder)
-            counts = _votes(table, [str(j) for j in range(2, 2 + len(VOTE_COLUMNS))])
-            decoded = decode_images(paths, 48, 1, on_bad_sample=self.on_bad_sample, max_pixels=self.max_pixels,
-                                    description=f"decoding {folder}/")
-            images.append(decoded.images)
-            votes.append(counts[decoded.good])
-            split.append(np.full(len(decoded.good), SPLITS.index(code), dtype=np.int8))
-            bad += decoded.bad
-        meta = {"layout": "FER+ label.csv folders", "rows": int(sum(len(v) for v in votes)),
-                "bad_samples": {"count": len(bad), "first": [f"{p}: {r}" for p, r in bad[:5]]}}
-        return self._data(np.concatenate(images), np.concatenate(votes), np.concatenate(split), meta)
+        paths, votes, split = [], [], []
+        for (table, folder_paths), code in zip(self._listings(), FOLDERS.values(), strict=True):
+            paths += folder_paths
+            votes.append(_votes(table, [str(j) for j in range(2, 2 + len(VOTE_COLUMNS))]))
+            split.append(np.full(len(folder_paths), SPLITS.index(code), dtype=np.int8))
+        decoded = decode_images(paths, 48, 1, on_bad_sample=self.on_bad_sample, max_pixels=self.max_pixels,
+                                description=f"decoding {self.label_root.name}/")
+        meta = {"layout": "FER+ label.csv folders", "rows": len(decoded.good), "bad_samples": decoded.bad_meta()}
+        good = decoded.good
+        return self._data(decoded.images, np.concatenate(votes)[good], np.concatenate(split)[good], meta)
 
     @staticmethod
     def _data(images: np.ndarray, votes: np.ndarray, split: np.ndarray, meta: dict) -> FERData:
@@ -209,7 +215,10 @@ class FerPlus(Fer2013Splits):
                        soft_targets=votes, meta=meta)
 
     def finish(self, data: FERData) -> FERData:
-        """Apply the label mode to train rows and majority to the others; drop unknown/NF; give splits roles."""
+        """Apply the label mode to train rows and majority to the others; drop unknown/NF; give splits roles.
+
+        Dropped rows get the split code DROPPED: the images are not touched (no copy of the mapped array).
+        """
         train = data.split == SPLITS.index("train")
         keep, dist = np.zeros(len(train), bool), np.zeros((len(train), K), np.float32)
         for rows, mode in ((train, self.label_mode), (~train, "majority")):
@@ -219,6 +228,7 @@ class FerPlus(Fer2013Splits):
         log.info("FER+ label_mode=%s (validation/test: majority): kept %s, dropped (unknown/NF/no agreement) %s",
                  self.label_mode, kept, dropped)
         meta = {**data.meta, "label_mode": self.label_mode, "kept_rows": kept, "dropped_rows": dropped}
-        out = FERData(images=data.images[keep], targets=dist[keep].argmax(1).astype(np.int64), split=data.split[keep],
-                      soft_targets=dist[keep], meta=meta, train_targets=TRAIN_TARGETS[self.label_mode])
+        split = np.where(keep, data.split, DROPPED).astype(np.int8)
+        out = dataclasses.replace(data, targets=dist.argmax(1).astype(np.int64), split=split, soft_targets=dist,
+                                  meta=meta, train_targets=TRAIN_TARGETS[self.label_mode])
         return super().finish(out)

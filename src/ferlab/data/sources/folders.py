@@ -8,12 +8,13 @@ class, a class without a folder and a class folder without images are errors lis
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.images import DEFAULT_MAX_PIXELS, decode_images, is_image_file
+from ferlab.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_images
 from ferlab.data.sources.base import (
     BAD_SAMPLE_POLICIES,
     SPLITS,
@@ -52,10 +53,23 @@ def match_class_folders(split_dir: Path, class_names: Sequence[str]) -> list[Pat
 
 
 def list_images(folder: Path) -> tuple[list[Path], int]:
-    """Image files of a class folder (sorted, recursive) and the number of other files ignored."""
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not any(q.startswith(".") for q in p.relative_to(folder).parts)]
-    images = [p for p in files if is_image_file(p)]
-    return images, len(files) - len(images)
+    """Image files of a class folder (sorted by path, recursive, hidden files and folders skipped) and the number
+    of other files ignored. One scandir per folder: a 300,000-image tree lists in about a second."""
+    found: list[tuple[str, ...]] = []
+    pending: list[tuple[str, ...]] = [()]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(folder.joinpath(*rel)) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    pending.append((*rel, e.name))
+                elif e.is_file():
+                    found.append((*rel, e.name))
+    found.sort()  # the order of sorted(Path.rglob(...)): by path components
+    images = [folder.joinpath(*p) for p in found if os.path.splitext(p[-1])[1].lower() in IMAGE_EXTENSIONS]
+    return images, len(found) - len(images)
 
 
 @register_source
@@ -83,6 +97,7 @@ class ImageFolders:
         if self.channels not in (1, 3):
             raise FerlabError(f"data.source.channels: expected 1 (gray) or 3 (RGB), got {channels}")
         self.on_bad_sample = check_choice("data.source.on_bad_sample", on_bad_sample, BAD_SAMPLE_POLICIES)
+        self._scanned: tuple[list[Path], np.ndarray, np.ndarray, dict] | None = None
 
     @property
     def test_splits(self) -> dict[str, str]:
@@ -90,7 +105,14 @@ class ImageFolders:
         return {name: name for name in self.splits.values() if name.startswith("test")}
 
     def scan(self) -> tuple[list[Path], np.ndarray, np.ndarray, dict]:
-        """Every image path with its label and split code, plus the file counts per split and class."""
+        """Every image path with its label and split code, plus the file counts per split and class; the tree is
+        walked once per reader (prepare, files and read share it)."""
+        if self._scanned is None:
+            self._scanned = self._walk()
+        paths, labels, split, meta = self._scanned
+        return paths, labels, split, dict(meta)
+
+    def _walk(self) -> tuple[list[Path], np.ndarray, np.ndarray, dict]:
         require_path(self.root, "image folder dataset", "pass data.source.root=...", folder=True)
         paths, labels, split, counts, ignored = [], [], [], {}, 0
         for folder, name in self.splits.items():
