@@ -106,11 +106,11 @@ def decode_image(path: Path, size: int, channels: int, max_pixels: int = DEFAULT
             if im.mode.startswith("I;16"):  # 16-bit gray: keep the top 8 bits instead of clipping at 255
                 im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
             im = im.convert("L" if channels == 1 else "RGB")
-            if region is not None:
+            if region is not None:  # cropped first: no pixel outside the box reaches the resize
                 sx, sy = im.size[0] / shown[0], im.size[1] / shown[1]  # the draft's reduction
-                im = im.resize((size, size), Image.Resampling.BILINEAR,
-                               box=(region[0] * sx, region[1] * sy, region[2] * sx, region[3] * sy))
-            elif im.size != (size, size):
+                left, top = round(region[0] * sx), round(region[1] * sy)
+                im = im.crop((left, top, max(round(region[2] * sx), left + 1), max(round(region[3] * sy), top + 1)))
+            if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except BadImage:
