@@ -40,12 +40,16 @@ def make_csv(folder: Path, rows: int) -> Path:
 
 
 def _report001_augment() -> Any:
+    """augment=report001 composed as `ferlab train` composes it (the option builds on augment/none.yaml)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from ferlab.runner import CONF_DIR
 
-    return instantiate(OmegaConf.load(Path(CONF_DIR) / "augment" / "report001.yaml"))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return instantiate(compose("train", overrides=["augment=report001"]).augment)
 
 
 def _rate(batches: Any, step: Any) -> tuple[float, int]:

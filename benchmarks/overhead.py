@@ -65,12 +65,14 @@ def hand_written(cfg: Any) -> float:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from ferlab.lit.finetune import optimizer_factory
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
     datamodule.prepare_data()
     datamodule.setup("fit")
     net, loss_fn = instantiate(cfg.model).train(), instantiate(cfg.loss)
-    optimizer = instantiate(cfg.optim)(params=net.parameters())
+    optimizer = optimizer_factory(cfg.optim)[0](params=net.parameters())  # without ferlab's own backbone_lr_mult
     limit = cfg.trainer.limit_train_batches or float("inf")
     t0 = steps = 0
     for i, (x, y) in enumerate(datamodule.train_dataloader()):

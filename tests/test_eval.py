@@ -136,7 +136,7 @@ def test_eval_cli_split_tta_and_tensorboard(trained, tmp_path, monkeypatch, caps
     code = cli_in_process(monkeypatch, tmp_path, "eval", f"ckpt_path={ckpt}", "split=val", "tta=ten_crop",
                           "tta.crop_size=40")
     assert code == 0
-    out = run_dir(trained) / "eval" / "val-tta_ten_crop"
+    out = run_dir(trained) / "eval" / "val-tta_ten_crop40"  # what differs from the training-time report
     report = json.loads((out / "report.json").read_text())
     assert report["tta"] == {"mode": "ten_crop", "views": 10, "crop_size": 40, "resize": True}
     assert list(report["splits"]) == ["val"] and report["splits"]["val"]["num_images"] == trained["dataset"]["sizes"]["val"]
@@ -240,3 +240,29 @@ def test_help_does_not_import_torch():
             "print('HEAVY', [m for m in ('torch', 'pytorch_lightning') if m in sys.modules])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "HEAVY []" in r.stdout and "ferlab eval" in r.stdout and "method: all" in r.stdout, r.stdout[-2000:]
+
+
+def test_eval_tests_as_the_run_was_tested_and_never_replaces_that_report(trained, tmp_path):
+    """A run tested with tta=flip after training: a plain `ferlab eval` uses the checkpoint's (stored) TTA and
+    writes <run>/eval/; another TTA goes to its own folder (tta_none, tta_ten_crop40_noresize)."""
+    import shutil
+
+    run = tmp_path / "run_copy"
+    shutil.copytree(run_dir(trained), run, ignore=shutil.ignore_patterns("eval", "tensorboard"))
+    best = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["tta"] = {"_target_": "ferlab.analysis.tta.TestTimeAugment",
+                                                       "mode": "flip", "crop_size": None, "resize": True}
+    torch.save(checkpoint, best)
+    plain = run_eval(eval_cfg(tmp_path, f"ckpt_path={best}", "tensorboard=false"))
+    assert plain["tta"]["mode"] == "flip" and Path(plain["output_dir"]) == run / "eval"
+    none = run_eval(eval_cfg(tmp_path, f"ckpt_path={best}", "tensorboard=false", "tta=none"))
+    assert Path(none["output_dir"]) == run / "eval" / "tta_none"
+    crops = run_eval(eval_cfg(tmp_path, f"ckpt_path={best}", "tensorboard=false", "tta=ten_crop", "tta.crop_size=40",
+                              "tta.resize=false"))
+    assert Path(crops["output_dir"]) == run / "eval" / "tta_ten_crop40_noresize"
+    checkpoint["hyper_parameters"]["config"]["tta"] = {"_target_": "builtins.open", "file": str(tmp_path / "x")}
+    torch.save(checkpoint, best)
+    with pytest.raises(FerlabError, match="refused tta._target_"):
+        run_eval(eval_cfg(tmp_path, f"ckpt_path={best}", "tensorboard=false"))
+    assert not (tmp_path / "x").exists()

@@ -152,3 +152,38 @@ def test_a_crop_trained_run_is_tested_on_ten_crops(make_cfg):
     report = json.loads((Path(cfg.paths.output_dir) / "eval" / "report.json").read_text())
     assert report["tta"] == {"mode": "ten_crop", "views": 10, "crop_size": 40, "resize": False}
     assert 0 <= metrics["test"]["test/acc"] <= 1 and metrics["test"]["test/loss"] > 0
+
+
+def test_backbone_finetuning_resumed_mid_epoch_equals_the_uninterrupted_run(make_cfg, tmp_path):
+    """SIGUSR1 in the middle of an epoch after the unfreezing one, then a resume: the backbone trains on at once,
+    at the restored learning rates (cosine schedule, backbone group), so every epoch's metrics and the final weights
+    equal the uninterrupted run's."""
+    import signal
+
+    from ferlab.errors import Preempted
+    from tests.test_resume import _same_weights
+
+    ft = ["callbacks=backbone_finetuning", "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch=1",
+          "sched=cosine", "trainer.max_epochs=3", "test=false", "seed=3", "data.source.num_images=200",
+          "data.batch_size=16", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "logger=none"]
+    whole = run_train(make_cfg(*ft, f"paths.output_dir={tmp_path / 'whole'}"))
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Preempted):
+        run_train(make_cfg(*ft, f"paths.output_dir={stopped}", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                           "+callbacks.sig.step=10", f"+callbacks.sig.signum={int(signal.SIGUSR1)}"))
+    resumed = run_train(make_cfg(*ft, f"ckpt_path={stopped}", f"paths.output_dir={tmp_path / 'resumer'}"))
+    assert resumed["history"] == whole["history"]
+    last = Path("checkpoints") / "last.ckpt"
+    assert _same_weights(stopped / last, tmp_path / "whole" / last)
+
+
+def test_modules_a_weight_load_reinitialised_learn_with_the_head(make_cfg, tmp_path):
+    """A stem that init_from could not load (another stem) is not frozen or slowed down as backbone."""
+    donor = run_train(make_cfg(*TINY, "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'donor'}"))
+    parts = build(make_cfg(*TINY, "model.stem=small", "optim=sgd", "optim.backbone_lr_mult=0.1",
+                           f"init_from={donor['checkpoints']['last']}"))
+    model = parts["model"]
+    assert model.fresh_modules == ["stem"] and "stem" in parts["weights"]["init_from"]["skipped"]
+    head, backbone = model.configure_optimizers().param_groups
+    assert {id(p) for p in model.net.stem.parameters()} <= {id(p) for p in head["params"]}
+    assert not {id(p) for p in model.net.stem.parameters()} & {id(p) for m in model.backbone for p in m.parameters()}

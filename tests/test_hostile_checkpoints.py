@@ -129,3 +129,30 @@ def test_export_metadata_is_data(tmp_path):
     meta = '{"class_names": ["a"], "in_chans": {"_target_": "builtins.open"}, "image_size": 48, "mean": [0.5], "std": [0.2]}'
     with pytest.raises(FerlabError, match="refused in_chans._target_"):
         _parse_meta(meta, tmp_path / "m.onnx")
+
+
+def test_where_data_is_cached_and_how_many_processes_decode_it_are_not_the_files(ckpt, tmp_path):
+    """A stored cache_dir / decode_workers are ignored (this machine's paths.cache_dir is used), and a stored
+    synthetic set that is not on disk is not rendered into the path the file names."""
+    from ferlab.evaluate import run_eval
+
+    evil = torch.load(ckpt, weights_only=True, map_location="cpu")
+    data = evil["hyper_parameters"]["config"]["data"]
+    data.update(cache_dir=str(tmp_path / "elsewhere"), decode_workers=10_000, num_workers=64)
+    torch.save(evil, tmp_path / "a.ckpt")
+    report = run_eval(compose_run("eval", [f"paths.root_dir={tmp_path}", f"ckpt_path={tmp_path / 'a.ckpt'}",
+                                           "tensorboard=false"], tmp_path / "eval_a"))
+    assert report["splits"] and not (tmp_path / "elsewhere").exists() and (tmp_path / ".cache" / "ferlab").is_dir()
+    data["source"]["csv_path"] = str(tmp_path / "planted" / "faces.csv")
+    torch.save(evil, tmp_path / "b.ckpt")
+    with pytest.raises(FerlabError, match="not on this machine"):
+        run_eval(compose_run("eval", [f"paths.root_dir={tmp_path}", f"ckpt_path={tmp_path / 'b.ckpt'}"],
+                             tmp_path / "eval_b"))
+    assert not (tmp_path / "planted").exists()
+
+
+def test_timm_weights_come_only_through_model_pretrained():
+    from ferlab.models.registry import create_model
+
+    with pytest.raises(FerlabError, match="model.model_kwargs.checkpoint_path"):
+        create_model("timm", name="resnet18", model_kwargs={"checkpoint_path": "/tmp/anything.pth"})

@@ -105,3 +105,27 @@ def test_runs_and_checkpoints_record_the_version(which, trained, ckpt):
 
     stored = trained["ferlab"] if which == "metrics" else torch.load(ckpt, weights_only=True)["ferlab_version"]
     assert stored == version_info() and stored["version"]
+
+
+class NoPretrainedNet(torch.nn.Sequential):
+    """A user's own model class, without a `pretrained` argument."""
+
+    def __init__(self, in_chans: int, num_classes: int) -> None:
+        super().__init__(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+
+def test_debug_smoke_builds_a_users_model_without_a_pretrained_argument(tmp_path):
+    """debug=smoke turns pretrained weights off on every model (`model.pretrained: null`); a class of the user's
+    that has no such argument is built without it, ferlab's own models still get it."""
+    from hydra.utils import instantiate
+
+    from ferlab.train import model_config
+
+    cfg = compose_run("train", [f"paths.root_dir={tmp_path}", "debug=smoke",
+                                f"model._target_={__name__}.NoPretrainedNet", "~model.stem", "~model.width",
+                                "~model.drop_rate", "~model.norm", "~model.act", "~model.fusion",
+                                "~model.fusion_stages"], tmp_path / "run")
+    assert cfg.model.pretrained is None and "pretrained" not in model_config(cfg.model)
+    assert isinstance(instantiate(model_config(cfg.model)), NoPretrainedNet)
+    zoo = compose_run("train", [f"paths.root_dir={tmp_path}", "debug=smoke"], tmp_path / "run")
+    assert model_config(zoo.model) is zoo.model

@@ -21,14 +21,14 @@ log = logging.getLogger("ferlab.eval")
 SPLITS = ("test", "val", "train")
 
 
-def eval_name(cfg: DictConfig, ckpt_path: str, data_name: str | None) -> list[str]:
-    """The parts naming an eval that differs from the training-time one (best checkpoint, test split, no TTA)."""
+def eval_name(cfg: DictConfig, ckpt_path: str, data_name: str | None, tta: Any, trained_tta: Any) -> list[str]:
+    """The parts naming an eval that differs from the training-time one (best checkpoint, test split, the test-time
+    augmentation the run was tested with), so that report is never replaced by another."""
     stem = Path(ckpt_path).stem
     parts = [stem] if stem != "best" else []
     parts += [cfg.split] if cfg.split != "test" else []
     parts += [f"data_{data_name}"] if data_name else []
-    mode = cfg.tta.get("mode", "none") if cfg.get("tta") else "none"
-    return parts + ([f"tta_{mode}"] if mode != "none" else [])
+    return parts + ([f"tta_{tta.tag()}"] if tta.describe() != trained_tta.describe() else [])
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -40,12 +40,15 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
     from ferlab.analysis.common import load, output_dir, split_sets
     from ferlab.analysis.report import build_report, evaluate_sets, write_report
-    from ferlab.analysis.tta import TestTimeAugment
+    from ferlab.analysis.tta import stored_tta
 
-    tta = instantiate(cfg.tta) if cfg.get("tta") else TestTimeAugment("none")
+    chosen = instantiate(cfg.tta) if cfg.get("tta") else None  # a mistake in tta= answers before loading
     loaded = load(cfg)
     dm, net = loaded.datamodule, loaded.restored.net
-    out = output_dir(cfg, "eval", eval_name(cfg, str(cfg.ckpt_path), dm.name if loaded.data_changed else None))
+    trained = stored_tta(loaded.restored.config.get("tta"), str(cfg.ckpt_path))  # what the run was tested with
+    tta = chosen or trained
+    name = eval_name(cfg, str(cfg.ckpt_path), dm.name if loaded.data_changed else None, tta, trained)
+    out = output_dir(cfg, "eval", name)
     reports = evaluate_sets(net, dm, split_sets(dm, cfg.split), loaded.device, tta, int(cfg.top_pairs), cfg.batch_size)
     report = build_report(reports, dm.class_names, checkpoint=str(cfg.ckpt_path), data=dm.name, split=cfg.split,
                           tta=tta)

@@ -123,10 +123,17 @@ class JobFailed(RuntimeError):
 
 
 def _unwrap_user_error(e: BaseException) -> BaseException:
-    """A FerlabError raised inside `instantiate` (e.g. a model's bad argument) arrives wrapped by Hydra."""
+    """A FerlabError raised inside `instantiate` (e.g. a model's bad argument) arrives wrapped by Hydra; so does a
+    config whose keys do not fit its `_target_` (a TypeError on the call): both are one line for the user."""
     from hydra.errors import InstantiationException
 
-    return e.__cause__ if isinstance(e, InstantiationException) and isinstance(e.__cause__, FerlabError) else e
+    if not isinstance(e, InstantiationException):
+        return e
+    if isinstance(e.__cause__, FerlabError):
+        return e.__cause__
+    if isinstance(e.__cause__, TypeError) and "argument" in str(e.__cause__):
+        return FerlabError(" ".join(str(e).split()))  # Hydra's message names the target and the argument
+    return e
 
 
 def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:

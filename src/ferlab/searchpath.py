@@ -45,6 +45,9 @@ def check_user_dir(folder: Path, given_by: str) -> None:
                           f"run the ferlab of that checkout (PYTHONPATH=src) or start from another folder")
     for path in sorted(folder.rglob("*.yaml")):
         rel = path.relative_to(folder)
+        if rel.parts[0] == "local" and (conf_root() / rel).is_file():  # a checkout's own machine settings
+            raise FerlabError(f"{path} would never be read: the ferlab checkout at {conf_root()} has its own "
+                              f"local/{rel.name}, which comes first; move its settings into yours and delete it")
         if (conf_root() / rel).is_file():
             name = rel.with_suffix("").as_posix()
             option = "=".join(name.rsplit("/", 1)) if "/" in name else f"{name} config"  # hydra/launcher=slurm

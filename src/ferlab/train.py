@@ -28,7 +28,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
     optimizer, backbone_lr_mult = optimizer_factory(cfg.optim)
-    net = instantiate(cfg.model)
+    net = instantiate(model_config(cfg.model))
     weights = load_reports(net, cfg)
     model = Classifier(
         net=net,
@@ -40,6 +40,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         test_prefixes=list(datamodule.test_splits),
         config=OmegaConf.to_container(cfg, resolve=True),
         backbone_lr_mult=backbone_lr_mult,
+        fresh_modules=fresh_modules(weights),
         tta=instantiate(cfg.tta) if cfg.get("tta") else None,
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -53,6 +54,33 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return {"datamodule": datamodule, "model": model, "trainer": trainer, "weights": weights}
+
+
+def model_config(model: DictConfig) -> DictConfig:
+    """`model` without a `pretrained: null` its `_target_` does not take: debug=smoke turns pretrained weights off
+    on every model, and a model class of the user's own need not have that argument."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if "pretrained" not in model or model.pretrained is not None:
+        return model
+    try:
+        params = inspect.signature(get_object(model._target_)).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):  # instantiate says what is wrong with the target
+        return model
+    if "pretrained" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return model
+    trimmed = model.copy()
+    with open_dict(trimmed):
+        del trimmed["pretrained"]
+    return trimmed
+
+
+def fresh_modules(weights: dict[str, dict]) -> list[str]:
+    """Modules the last weight load (init_from over model.pretrained) left initialised anew, besides the head."""
+    last = weights.get("init_from") or weights.get("pretrained") or {}
+    return sorted(m for m in last.get("skipped", {}) if m != "head")
 
 
 def load_reports(net: Any, cfg: DictConfig) -> dict[str, dict]:

@@ -64,7 +64,7 @@ def check_class_names(restored: Restored, class_names: list[str], where: str) ->
                           "(different names or order: the labels would be compared wrongly)")
 
 
-def build_data(choice: DataChoice, restored: Restored, batch_size: int | None) -> Any:
+def build_data(choice: DataChoice, restored: Restored, batch_size: int | None, cache_dir: str | None) -> Any:
     """The datamodule, fed as the network was trained: its channels, input size and normalization.
     A data config from the checkpoint goes through ferlab's registered readers only (`data.rebuild`)."""
     from hydra.utils import instantiate
@@ -78,7 +78,7 @@ def build_data(choice: DataChoice, restored: Restored, batch_size: int | None) -
     if choice.trusted:
         datamodule = instantiate(choice.config, **kwargs)
     else:
-        datamodule = build_stored_datamodule(choice.config, str(restored.path), **kwargs)
+        datamodule = build_stored_datamodule(choice.config, str(restored.path), cache_dir=cache_dir, **kwargs)
     check_class_names(restored, list(datamodule.class_names), f"data {datamodule.name!r}")
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -96,7 +96,7 @@ def load(cfg: DictConfig) -> Loaded:
             seed = restored.config.get("seed")
             cfg.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
     choice = data_config(cfg, restored.config)
-    datamodule = build_data(choice, restored, cfg.get("batch_size"))
+    datamodule = build_data(choice, restored, cfg.get("batch_size"), cfg.paths.cache_dir)
     restored.net.to(device)
     return Loaded(restored, datamodule, device, choice.changed)
 

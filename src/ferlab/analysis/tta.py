@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,3 +75,28 @@ class TestTimeAugment:
     def describe(self) -> dict:
         """The settings, for reports."""
         return {"mode": self.mode, "views": NUM_VIEWS[self.mode], "crop_size": self.crop_size, "resize": self.resize}
+
+    def tag(self) -> str:
+        """A short name of the settings for folder names: none, flip, ten_crop, ten_crop44, ten_crop44_noresize."""
+        if self.mode != "ten_crop":
+            return self.mode
+        return f"ten_crop{self.crop_size or ''}{'' if self.resize else '_noresize'}"
+
+
+TARGET = f"{TestTimeAugment.__module__}.{TestTimeAugment.__qualname__}"
+
+
+def stored_tta(config: Any, where: str) -> TestTimeAugment:
+    """The test-time augmentation a checkpoint's run was tested with (its stored `tta`, none when it has none).
+    A stored config is data: only ferlab's TestTimeAugment with plain values is built from it."""
+    from ferlab.stored import refused, target_and_kwargs
+
+    if not config:
+        return TestTimeAugment("none")
+    target, kwargs = target_and_kwargs(config, "tta", where)
+    if target != TARGET:
+        raise refused(where, "tta._target_", f"{target!r} is not ferlab's test-time augmentation ({TARGET})")
+    try:
+        return TestTimeAugment(**kwargs)
+    except TypeError as e:
+        raise FerlabError(f"{where}: cannot rebuild the stored tta config: {e}") from None

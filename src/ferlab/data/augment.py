@@ -63,8 +63,9 @@ class BatchAugment(nn.Module):
 
     def mixing(self, num_classes: int) -> BatchMix | None:
         """The batch mixer for `num_classes` classes, or None when mixup and cutmix are both off."""
-        mixer = BatchMix(num_classes, self.mixup, self.cutmix)
-        return mixer if mixer.enabled else None
+        if mix_settings("mixup", self.mixup)[1] == 0 and mix_settings("cutmix", self.cutmix)[1] == 0:
+            return None  # off: torchvision's v2 transforms are not even imported (eval, predict, explain)
+        return BatchMix(num_classes, self.mixup, self.cutmix)
 
 
 def random_crop(x: Tensor, size: int) -> Tensor:

@@ -7,9 +7,10 @@ built (`check_stored_data`), so `restore` can vet a checkpoint's data before pre
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ferlab.errors import FerlabError
+from ferlab.errors import DataNotFound, FerlabError
 from ferlab.stored import check_plain, refused, target_and_kwargs
 
 DATAMODULE = "ferlab.data.datamodule.FERDataModule"
@@ -45,13 +46,29 @@ def check_stored_data(data: Any, where: str) -> None:
     _parts(data, where)
 
 
-def build_stored_datamodule(data: Any, where: str, **kwargs: Any) -> Any:
-    """The FERDataModule a stored data config describes; `kwargs` (the caller's, trusted) override its keys."""
+# Where and with how many processes data is decoded and cached is this machine's choice, never the file's.
+LOCAL_KEYS = ("cache_dir", "num_workers", "decode_workers")
+
+
+def build_stored_datamodule(data: Any, where: str, *, cache_dir: str | None, **kwargs: Any) -> Any:
+    """The FERDataModule a stored data config describes, reading the dataset files it names (never creating
+    them: a synthetic set the checkpoint was trained on must already be on disk). `cache_dir` and `kwargs`
+    (the caller's, trusted) override its keys; its own cache folder and process counts are not used."""
     from ferlab.data.datamodule import FERDataModule
 
     (cls, source_kwargs), clean, rest = _parts(data, where)
     target = f"{cls.__module__}.{cls.__qualname__}"
+    rest = {k: v for k, v in rest.items() if k not in LOCAL_KEYS}
     try:
-        return FERDataModule(source=cls(**source_kwargs), clean=clean, **{**rest, **kwargs})
+        source = cls(**source_kwargs)
+        datamodule = FERDataModule(source=source, clean=clean, cache_dir=cache_dir, **{**rest, **kwargs})
     except TypeError as e:  # an argument this version's reader or datamodule does not take
         raise FerlabError(f"{where}: cannot rebuild the stored data config ({target}): {e}") from None
+    try:
+        missing = [str(f) for f in source.files() if not Path(f).exists()]
+    except DataNotFound as e:
+        missing = [str(e)]
+    if missing:
+        raise DataNotFound(f"{where}: the data it was trained on is not on this machine ({missing[0]}); "
+                           "pass data=<option> with its files (e.g. data=synthetic renders synthetic faces)")
+    return datamodule

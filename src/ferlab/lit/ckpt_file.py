@@ -20,3 +20,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FerlabError(f"checkpoint {path} cannot be loaded (truncated or not a ferlab checkpoint): {reason}") from None
+
+
+def net_weights(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """The network's tensors of a loaded ferlab checkpoint: its state_dict's `net.*` entries, prefix removed."""
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        return {}
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

@@ -34,6 +34,8 @@ class Classifier(pl.LightningModule):
         test_prefixes: metric prefix of each test dataloader, e.g. ["test"] or ["test_public", "test_private"].
         config: the resolved run config as plain containers, stored so eval/predict can rebuild the model.
         backbone_lr_mult: the backbone's learning rate is the head's times this (`optim.backbone_lr_mult`).
+        fresh_modules: top-level modules of `net` initialised anew where the rest was loaded (`model.pretrained`,
+            `init_from`): they learn like the head, outside the backbone.
         tta: test-time augmentation applied in test steps (`tta=`), or None for one plain forward pass.
     """
 
@@ -49,6 +51,7 @@ class Classifier(pl.LightningModule):
         test_prefixes: Sequence[str] = ("test",),
         config: dict | None = None,
         backbone_lr_mult: float = 1.0,
+        fresh_modules: Sequence[str] = (),
         tta: TestTimeAugment | None = None,
     ) -> None:
         super().__init__()
@@ -57,7 +60,7 @@ class Classifier(pl.LightningModule):
         self.net = net
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.backbone_lr_mult = backbone_lr_mult
+        self.backbone_lr_mult, self.fresh_modules = backbone_lr_mult, list(fresh_modules)
         self.tta = tta if tta is not None and tta.mode != "none" else None
         self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
         # a torchmetrics mean rather than Lightning's own epoch mean: its partial state is saved with a checkpoint
@@ -77,8 +80,10 @@ class Classifier(pl.LightningModule):
 
     @property
     def backbone(self) -> nn.Module:
-        """The network without its head: what `BackboneFinetuning` freezes and `backbone_lr_mult` slows down."""
-        return nn.ModuleList([m for name, m in self.net.named_children() if name != "head"])
+        """The network without its head (and fresh modules): what `BackboneFinetuning` freezes and
+        `backbone_lr_mult` slows down."""
+        return nn.ModuleList([m for name, m in self.net.named_children()
+                              if name != "head" and name not in self.fresh_modules])
 
     def setup(self, stage: str) -> None:
         # a loss that weighs classes (loss=weighted_ce) learns the train split's counts once the data is loaded
@@ -153,6 +158,6 @@ class Classifier(pl.LightningModule):
             checkpoint["ferlab_normalization"] = {"mean": dm.mean.flatten().tolist(), "std": dm.std.flatten().tolist()}
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult)
+        optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult, self.fresh_modules)
         schedule = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -1,14 +1,16 @@
 """Fine-tuning controls: the head and the backbone as two optimizer parameter groups, and Lightning's
 BackboneFinetuning (freeze the backbone for N epochs, then train it at a lower learning rate) on ferlab's Classifier.
 
-The backbone is every parameter of the network outside `net.head` (the FERNet surface), the head is the rest.
+The backbone is every parameter of the network outside `net.head` (the FERNet surface) and outside the modules
+that `model.pretrained` / `init_from` initialised anew (`fresh`: a stem or hidden layers of another shape); the
+head is the rest: it learns at the optimizer's rate from the first step.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pytorch_lightning as pl
@@ -22,9 +24,11 @@ log = logging.getLogger(__name__)
 HEAD, BACKBONE = "head", "backbone"
 
 
-def is_backbone(name: str) -> bool:
-    """Whether a LightningModule parameter name belongs to the backbone (the network without `net.head`)."""
-    return name.startswith("net.") and not name.startswith("net.head.")
+def is_backbone(name: str, fresh: Collection[str] = ()) -> bool:
+    """Whether a LightningModule parameter name belongs to the backbone: the network without `net.head` and
+    without the top-level modules in `fresh`."""
+    parts = name.split(".")
+    return len(parts) > 2 and parts[0] == "net" and parts[1] != "head" and parts[1] not in fresh
 
 
 def optimizer_factory(optim: Any) -> tuple[Callable[..., torch.optim.Optimizer], float]:
@@ -38,7 +42,8 @@ def optimizer_factory(optim: Any) -> tuple[Callable[..., torch.optim.Optimizer],
 
 
 def build_optimizer(
-    factory: Callable[..., torch.optim.Optimizer], module: nn.Module, backbone_lr_mult: float = 1.0
+    factory: Callable[..., torch.optim.Optimizer], module: nn.Module, backbone_lr_mult: float = 1.0,
+    fresh: Collection[str] = (),
 ) -> torch.optim.Optimizer:
     """`factory(params=...)` over `module`'s parameters, as one group or as the groups "head" and "backbone".
 
@@ -49,10 +54,10 @@ def build_optimizer(
     changes neither the groups nor what a scheduler or a resumed optimizer state expects.
     """
     named = list(module.named_parameters())
-    backbone = [p for n, p in named if is_backbone(n)]
+    backbone = [p for n, p in named if is_backbone(n, fresh)]
     if backbone_lr_mult == 1.0 and all(p.requires_grad for p in backbone):
         return factory(params=[p for _, p in named])
-    head = [p for n, p in named if not is_backbone(n)]
+    head = [p for n, p in named if not is_backbone(n, fresh)]
     optimizer = factory(params=[{"params": head, "name": HEAD}, {"params": backbone, "name": BACKBONE}])
     optimizer.param_groups[1]["lr"] *= backbone_lr_mult  # before any scheduler records its initial_lr
     return optimizer
@@ -96,6 +101,17 @@ class BackboneFinetuning(LightningBackboneFinetuning):
             verbose=verbose,
         )
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """No param-group surgery on a resume: ferlab's groups never change, and the restored optimizer state holds
+        their learning rates (Lightning would put back those of the first epoch's start)."""
+        self._restarting = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A run resumed past the unfreezing epoch trains its backbone again (setup froze it), also mid-epoch,
+        where no epoch start comes to do it. Here, not in on_fit_start: the loops' state is restored in between."""
+        if trainer.current_epoch >= self.unfreeze_backbone_at_epoch:
+            self.make_trainable(pl_module.backbone)
+
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         self.freeze(pl_module.backbone, train_bn=self.train_bn)
 
@@ -107,12 +123,13 @@ class BackboneFinetuning(LightningBackboneFinetuning):
         if group is None:
             raise RuntimeError("BackboneFinetuning needs the optimizer's 'backbone' group (ferlab's Classifier)")
         head_lr = optimizer.param_groups[0]["lr"]
+        target = head_lr * getattr(pl_module, "backbone_lr_mult", 1.0)  # optim.backbone_lr_mult still holds
         if epoch == self.unfreeze_backbone_at_epoch or self.previous_backbone_lr is None:
             lr = self.backbone_initial_lr if self.backbone_initial_lr is not None \
                 else head_lr * self.backbone_initial_ratio_lr
         else:
             lr = self.lambda_func(epoch + 1) * self.previous_backbone_lr
-            lr = head_lr if self.should_align and lr > head_lr else lr
+            lr = target if self.should_align and lr > target else lr
         group["lr"] = self.previous_backbone_lr = lr
         if self.verbose or epoch == self.unfreeze_backbone_at_epoch:
             log.info("epoch %d: head lr %.3g, backbone lr %.3g (trainable)", epoch, head_lr, lr)

@@ -20,10 +20,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
+from ferlab.runfiles import LAST
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = (Path("checkpoints") / "best.ckpt", Path("checkpoints") / "last.ckpt")
+CHECKPOINTS = (LAST.with_name("best.ckpt"), LAST)  # the run's best, else its latest
 
 
 def finished_runs(task_dir: Path) -> list[Path]:
@@ -68,13 +69,10 @@ def resolve_init_from(cfg: DictConfig) -> Path | None:
 
 def init_weights(net, path: Path):
     """Copy the network weights of the ferlab checkpoint `path` into `net`; returns the LoadReport."""
-    from ferlab.lit.ckpt_file import load_checkpoint
+    from ferlab.lit.ckpt_file import load_checkpoint, net_weights
     from ferlab.models.pretrained import load_weights
 
-    checkpoint = load_checkpoint(path)  # weights_only; a missing or truncated file is one line
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    state = state if isinstance(state, dict) else {}
-    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    weights = net_weights(load_checkpoint(path))  # weights_only; a missing or truncated file is one line
     if not weights:
         raise FerlabError(f"init_from: {path} is not a ferlab checkpoint (no network weights in it)")
     return load_weights(net, weights, source=str(path))

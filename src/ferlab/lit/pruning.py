@@ -46,20 +46,34 @@ class OptunaPruning(Callback):
         return self._trial
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:  # rank 0 reports; should_stop reaches all ranks
+        if trainer.sanity_checking:
             return
+        stop = self._report(trainer) if trainer.is_global_zero else False  # rank 0 asks the study ...
+        if trainer.world_size > 1:  # ... and every rank stops with it (should_stop is not synced by Lightning)
+            stop = trainer.strategy.broadcast(stop, src=0)
+        trainer.should_stop = trainer.should_stop or bool(stop)
+
+    def _report(self, trainer: pl.Trainer) -> bool:
+        """Report this epoch's value to the trial; True when the pruner rejects it."""
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             raise FerlabError(f"pruning needs optimized_metric={self.monitor!r} logged at every validation epoch; "
                               f"logged: {', '.join(sorted(trainer.callback_metrics)) or 'nothing'}")
         trial, epoch = self._open(), trainer.current_epoch
         if not trial:
-            return
+            return False
         trial.report(float(value), step=epoch)
         if self.pruned is None and trial.should_prune():
             self.pruned = {"epoch": epoch, "value": float(value)}
             log.info("trial %d pruned at epoch %d (%s=%.4f)", self.number, epoch, self.monitor, float(value))
-            trainer.should_stop = True
+        return self.pruned is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        # carried back from spawned DDP processes with the other callbacks' states (ferlab.lit.ddp)
+        return {"pruned": self.pruned}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruned = state_dict.get("pruned")
 
 
 def trial_callbacks(monitor: str | None) -> list[Callback]:
@@ -70,7 +84,10 @@ def trial_callbacks(monitor: str | None) -> list[Callback]:
     from hydra.core.hydra_config import HydraConfig
 
     sweeper = HydraConfig.get().sweeper  # the sweeper hands its jobs the resolved storage and study name
-    return [OptunaPruning(sweeper.storage, sweeper.study_name, int(number), sweeper.get("pruner"), monitor)]
+    pruner = sweeper.get("pruner")
+    if pruner is None or str(pruner).strip().lower() == "none":  # nothing to report to: no metric needed per epoch
+        return []
+    return [OptunaPruning(sweeper.storage, sweeper.study_name, int(number), pruner, monitor)]
 
 
 def pruned(trainer: pl.Trainer) -> dict[str, Any] | None:

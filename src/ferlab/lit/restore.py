@@ -20,7 +20,7 @@ from torch import nn
 
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
-from ferlab.lit.ckpt_file import load_checkpoint
+from ferlab.lit.ckpt_file import load_checkpoint, net_weights
 from ferlab.models.registry import builder_for_target
 from ferlab.stored import plain_list, refused, target_and_kwargs
 
@@ -78,13 +78,14 @@ def model_builder(model_cfg: Any, where: str, user_model: Mapping | None = None)
     weights are the checkpoint's, not downloaded again.
     """
     target, kwargs = target_and_kwargs(model_cfg, "model", where)
-    if "pretrained" in kwargs:
-        kwargs["pretrained"] = None
-    if user_model:
+    if user_model:  # the stored arguments, but not `pretrained`: the weights are the checkpoint's
         from hydra.utils import instantiate
 
         user = dict(user_model)
-        return str(user.get("_target_")), lambda: instantiate(user, **{k: v for k, v in kwargs.items() if k not in user})
+        extra = {k: v for k, v in kwargs.items() if k not in user and k != "pretrained"}
+        return str(user.get("_target_")), lambda: instantiate(user, **extra)
+    if "pretrained" in kwargs:
+        kwargs["pretrained"] = None
     try:
         builder = builder_for_target(target)
     except FerlabError:
@@ -116,9 +117,8 @@ def stored_config(checkpoint: dict, where: str) -> dict[str, Any]:
 
 def load_net_weights(net: nn.Module, checkpoint: dict, where: str) -> None:
     """The checkpoint's `net.*` tensors into `net`; a mismatch is one line with the first differences."""
-    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     try:
-        net.load_state_dict(weights)
+        net.load_state_dict(net_weights(checkpoint))
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise FerlabError(f"{where}: weights do not fit the rebuilt model: {first}") from None

@@ -160,6 +160,10 @@ def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_
     return report
 
 
+# timm.create_model arguments that load weights or choose where from: only model.pretrained does that here
+WEIGHT_KEYS = frozenset({"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained"})
+
+
 @register_model
 def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int = 1000,
          pretrained: bool | str | None = None, img_size: int | None = None, drop_rate: float = 0.0,
@@ -175,6 +179,10 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
     """
     lib = _timm()
     _check_name(lib, name)
+    loading = sorted(WEIGHT_KEYS & set(model_kwargs or {}))
+    if loading:  # weights come only through model.pretrained (and a checkpoint's model_kwargs never name a file)
+        raise FerlabError(f"model.model_kwargs.{loading[0]}: weights are loaded through model.pretrained=<file>, "
+                          "not through timm.create_model's own arguments")
     if pretrained is not None and not isinstance(pretrained, bool):
         path = Path(str(pretrained)).expanduser()
         if path.suffix not in SUFFIXES or not path.is_file():

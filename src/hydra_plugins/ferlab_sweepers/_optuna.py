@@ -35,7 +35,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
-from ferlab.errors import FerlabError
+from ferlab.errors import FerlabError, Preempted
 from ferlab.study import absolute_url, make_pruner, open_storage, safe_url
 from ferlab.trial import RUN_ATTR, TRIAL_ENV, Pruned
 from hydra_plugins.ferlab_sweepers._space import grid_choices, parse_space, trial_overrides
@@ -308,6 +308,8 @@ class _Search:
                  self.study.study_name, safe_url(self.url), counted, self.n_trials,
                  ", ".join(f"{n} {s}" for s, n in states.items()) or "new", self.settings["n_jobs"])
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        # the command line, as the grid saves it: TensorBoard names each trial by its searched keys (ferlab.tbname)
+        OmegaConf.save(self.sweeper.config, self.sweep_dir / "multirun.yaml")
         while True:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
@@ -336,3 +338,8 @@ def search(sweeper: Any, arguments: list[str]) -> None:
     except FerlabError as e:
         print(f"ferlab: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except (Preempted, KeyboardInterrupt) as stop:  # Ctrl-C or a signal: this worker stops asking for trials
+        code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+        print(f"ferlab: error: search stopped ({stop or 'interrupted'}); this worker's running trials are failed "
+              "and queued to run again: the same command continues the study", file=sys.stderr)
+        sys.exit(code)

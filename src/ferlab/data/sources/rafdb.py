@@ -79,6 +79,7 @@ class RafDb(ListedImages):
                  on_bad_sample: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(root, image_size, channels, on_bad_sample, max_pixels)
         self.images = check_choice("data.source.images", images, IMAGES)
+        self._walked: tuple[Listing, dict] | None = None  # the re-upload's tree, walked once per reader
 
     def layout(self) -> tuple[str, Path]:
         """("release", the basic/ folder) or ("folders", the DATASET/ folder)."""
@@ -112,6 +113,7 @@ class RafDb(ListedImages):
     def read(self):
         kind, folder = self.layout()
         listing, meta = self._list_release(folder) if kind == "release" else self._list_folders(folder)
+        self._walked = None  # decode may drop rows from the listing
         return self.decode(listing, meta)
 
     def _list_release(self, basic: Path) -> tuple[Listing, dict]:
@@ -128,6 +130,12 @@ class RafDb(ListedImages):
         return dataset.parent / f"{split}_labels.csv"
 
     def _list_folders(self, dataset: Path) -> tuple[Listing, dict]:
+        """Every image of the re-upload with its label and split (files(), prepare() and read() share one walk)."""
+        if self._walked is None:
+            self._walked = self._walk_folders(dataset)
+        return self._walked
+
+    def _walk_folders(self, dataset: Path) -> tuple[Listing, dict]:
         listing, unlisted = Listing(), 0
         for split in SPLIT_NAMES:
             by_name = {}

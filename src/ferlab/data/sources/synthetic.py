@@ -39,5 +39,6 @@ class SyntheticFer2013(Fer2013Csv):
             write_fer2013_csv(self.csv_path, *make_dataset(self.spec))
 
     def files(self) -> list[Path]:
-        self.prepare()
+        """The CSV (and test CSV) it reads; listing them makes nothing: `prepare()` renders a missing CSV (the
+        datamodule's prepare_data calls it first), and a config read back from a checkpoint never does."""
         return super().files()
