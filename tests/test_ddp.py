@@ -119,3 +119,34 @@ def test_a_mistake_in_a_worker_is_one_line(make_cfg, capfd, where, overrides, ex
     assert "Traceback" not in err
     failed = json.loads((Path(cfg.paths.output_dir) / "failed.json").read_text())
     assert failed["type"] == "FerlabError" and failed["message"] == lines[0].removeprefix("ferlab: error: ")
+
+
+
+def test_sigterm_to_the_workers_saves_says_where_in_one_line_and_resumes_exactly(make_cfg, capfd, tmp_path):
+    """SLURM's SIGTERM reaches every task: the workers save last.ckpt at the same step and exit 143; the main
+    process says where they stopped (read from the checkpoint they wrote) and how to resume, in one line; the
+    resume's history and weights equal a run never stopped."""
+    import signal
+
+    from ferlab.lit.ckpt_file import load_checkpoint
+    from ferlab.runfiles import LAST
+    from tests.test_resume import EXACT, _same_weights
+
+    ddp = ["trainer=ddp_sim", "trainer.strategy.start_method=fork", *EXACT]
+    uninterrupted = run_train(make_cfg(*ddp, f"paths.output_dir={tmp_path / 'uninterrupted'}"))
+    run = tmp_path / "run"
+    cfg = make_cfg(*ddp, f"paths.output_dir={run}", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                   "+callbacks.sig.step=5", f"+callbacks.sig.signum={int(signal.SIGTERM)}")
+    with pytest.raises(SystemExit) as info:
+        runner.guarded(run_train, cfg)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ferlab: error:")]
+    assert info.value.code == 143 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    saved = load_checkpoint(run / LAST)
+    assert saved["global_step"] == 5 and uninterrupted["global_step"] > 5
+    assert "stopped by SIGTERM (rank" in lines[0] and f"at epoch {saved['epoch']}, step 5;" in lines[0]
+    assert lines[0].endswith(f"resume with ckpt_path={run}")
+
+    resumed = run_train(make_cfg(*ddp, f"ckpt_path={run}", f"paths.output_dir={tmp_path / 'resumer'}"))
+    assert resumed["history"] == uninterrupted["history"]
+    assert _same_weights(run / LAST, tmp_path / "uninterrupted" / LAST)

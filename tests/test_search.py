@@ -205,6 +205,22 @@ def test_journal_heartbeats_fail_a_silent_trial_and_queue_its_retry(tmp_path):
     assert retry.system_attrs["failed_trial"] == first.number
 
 
+
+def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path):
+    """A worker killed between asking for a trial and launching it leaves a trial the grace period fails (a trial
+    that never had a heartbeat would stay RUNNING for ever)."""
+    from ferlab.study import open_storage
+    from hydra_plugins.ferlab_sweepers._optuna import _Search
+
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=1, grace_period=1, max_retry=0)
+    search = object.__new__(_Search)  # only what _ask uses: the study, its storage and the seeded samplers
+    search.storage, search.study = storage, optuna.create_study(study_name="s", storage=storage)
+    search.sampler_for = lambda number: optuna.samplers.RandomSampler(seed=number)
+    trial = search._ask()  # ... and the worker dies here, before the launcher's heartbeat thread starts
+    time.sleep(2.2)  # SQLite's clock has whole seconds: 2 s past a beat is surely more than the grace period
+    optuna.storages.fail_stale_trials(search.study)
+    assert search.study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

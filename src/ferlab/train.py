@@ -102,12 +102,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.validate import validate
 
     validate(cfg)  # before the heavy imports: a config mistake is reported in a fraction of a second
-    import warnings
-
     import pytorch_lightning as pl
-
-    # Lightning 2.6 on torch 2.14 warns about its own pytree use on every step; nothing users can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
     from ferlab.hparams import log_hparams
     from ferlab.lit.callbacks import scalars

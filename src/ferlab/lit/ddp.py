@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -51,6 +52,7 @@ from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError, Interrupted, Preempted
 from ferlab.lit.preemption import SIGNALS, TWICE, preempted
 from ferlab.lit.resilience import last_checkpoint
+from ferlab.lit.summary import quiet_lightning
 from ferlab.lit.user_errors import as_user_error, one_line
 
 POLL_S = 0.2  # how often the main process looks for a worker that failed
@@ -131,6 +133,7 @@ class StatefulLauncher(_MultiProcessingLauncher):
 
     def _wrapping_function(self, process_idx: int, trainer: pl.Trainer | None, *args: Any, **kwargs: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (see `launch`)
+        quiet_lightning()  # a spawned worker starts without the main process's log and warning filters
         try:
             super()._wrapping_function(process_idx, trainer, *args, **kwargs)
         except SIGTERMException as stop:  # a SystemExit(None) would exit 0 and leave the main process waiting
@@ -192,7 +195,16 @@ def _stopped_message(trainer: pl.Trainer | None, signum: int, e: ProcessExitedEx
     last = last_checkpoint(trainer) if trainer is not None else None
     if last is None or not last.is_file():
         return f"{head}; no checkpoint saved"
-    return f"{head}; checkpoint saved to {last}; resume with ckpt_path={trainer.default_root_dir}"
+    return f"{head}{_saved_at(last)}; checkpoint saved to {last}; resume with ckpt_path={trainer.default_root_dir}"
+
+
+def _saved_at(path: Path) -> str:
+    """' at epoch E, step S' of the state the workers saved (this process's trainer never ran a step)."""
+    try:  # mmap: only the pickled metadata is read, not the tensors
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return f" at epoch {int(state['epoch'])}, step {int(state['global_step'])}"
+    except Exception:  # the message matters more than the position
+        return ""
 
 
 class DDPStrategy(LightningDDP):

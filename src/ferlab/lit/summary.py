@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from typing import Any
 
 from pytorch_lightning.callbacks import RichModelSummary
@@ -59,7 +60,10 @@ class _Chatter(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Filter Lightning's advertisement and absent-accelerator lines out of its log (once per process)."""
+    """Filter Lightning's advertisement and absent-accelerator lines out of its log and its pytree deprecation
+    warning (once per process: the main one and each spawned DDP worker)."""
+    # Lightning 2.6 on torch 2.14 warns about its own pytree use on every step; nothing users can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _Chatter) for f in logger.filters):
         logger.addFilter(_Chatter())

@@ -293,6 +293,9 @@ class _Search:
         with warnings.catch_warnings():  # Optuna expects heartbeats from study.optimize; this loop keeps them
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = self.study.ask()
+        if getattr(self.storage, "get_heartbeat_interval", lambda: None)():
+            self.storage.record_heartbeat(trial._trial_id)  # at once, as Optuna's loop does: a trial that never
+            # had a heartbeat is never failed as stale, so a worker killed before its first beat would strand it
         self.study.sampler = self.sampler_for(trial.number)
         return trial
 
