@@ -211,6 +211,29 @@ def test_sigusr1_saves_mid_epoch_checkpoint_and_raises_preempted(make_cfg, tmp_p
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored after the run
 
 
+
+def test_drawn_ferplus_targets_with_a_loader_worker_resume_exactly_mid_epoch(make_cfg, tmp_path):
+    """FER+ `label_mode=probability` draws a class from each image's votes every time it is drawn; with a loader
+    worker the draw still happens in the training process, so a mid-epoch stop resumes to the same run."""
+    from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
+    from ferlab.data.writers import ferplus_votes, write_ferplus_csv
+
+    images, labels, usage = make_dataset(SynthSpec(num_images=300, seed=6), cover_classes=True)
+    votes, names = ferplus_votes(labels, seed=6, not_face=0.03)
+    common = ["data=ferplus", f"data.source.csv_path={write_fer2013_csv(tmp_path / 'fer2013.csv', images, labels, usage)}",
+              f"data.source.ferplus_path={write_ferplus_csv(tmp_path / 'fer2013new.csv', votes, usage, names)}",
+              "data.source.label_mode=probability", "data.num_workers=1", "data.batch_size=32", "model.width=8",
+              "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=null",
+              "callbacks.rich_model_summary=null", "test=false", "seed=7"]
+    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}", fast=False))
+    step = ref["global_step"] // 2 + 2  # inside the second epoch
+    run = tmp_path / "run"
+    with pytest.raises(Preempted, match=f"step {step}"):
+        run_train(make_cfg(*common, f"paths.output_dir={run}", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                           f"+callbacks.sig.step={step}", f"+callbacks.sig.signum={int(signal.SIGUSR1)}", fast=False))
+    resumed = run_train(make_cfg(*common, f"ckpt_path={run}", f"paths.output_dir={tmp_path / 'resumer'}", fast=False))
+    assert resumed["history"] == ref["history"] and _same_weights(run / LAST, tmp_path / "ref" / LAST)
+
 # ---- real processes -----------------------------------------------------------------------------------------------
 
 def test_sigterm_at_a_random_batch_exits_143_and_resumes_exactly(ferlab_proc, uninterrupted, make_cfg, tmp_path):

@@ -38,8 +38,9 @@ class BatchTensorDataset(Dataset):
     """Images uint8 (N,C,H,W) (an `ImageSet` or a tensor) and targets; `__getitems__` gathers a whole batch with
     one index op. Pickled into DataLoader workers, an ImageSet travels as its file's path (no copy).
 
-    `kind` says what a batch's targets are: "index" int64 (B,); "distribution" float (B,K) rows of `soft`;
-    "sample" int64 (B,), a class drawn from each image's `soft` row every time it is drawn.
+    `kind` says what a batch's targets are: "index" int64 (B,); "distribution" and "sample" float (B,K) rows of
+    `soft` (for "sample" the datamodule draws a class from each row after the batch reached the training
+    process: a loader worker's random stream is not what a resume restores).
     """
 
     def __init__(self, images: ImageSet | Tensor, targets: Tensor, soft: Tensor | None = None,
@@ -59,8 +60,7 @@ class BatchTensorDataset(Dataset):
         idx = torch.as_tensor(indices)
         if self.kind == "index":
             return self.images[idx], self.targets[idx]
-        rows = self.soft[idx]  # (B, K)
-        return self.images[idx], rows if self.kind == "distribution" else torch.multinomial(rows, 1).squeeze(1)
+        return self.images[idx], self.soft[idx]  # (B, K)
 
 
 def collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -335,11 +335,18 @@ class FERDataModule(pl.LightningDataModule):
             x = random_crop(x, self.augment.crop)
         return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
+    def train_targets(self, y: Tensor) -> Tensor:
+        """A training batch's targets as the loss takes them: for "sample" targets, a class drawn from each (B, K)
+        row, here in the training process (on the device, from the RNG a resume restores) whatever the workers."""
+        return torch.multinomial(y, 1).squeeze(1) if self.train_kind == "sample" and y.ndim == 2 else y
+
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, ...]:
         """Training: (x, y), or with batch mixing (x, mixed (B, K) targets, the images' own class ids (B,))."""
         x, y = batch
         training = self.trainer is not None and self.trainer.training
         x = self.transform(x, train=training)
+        if training:
+            y = self.train_targets(y)
         if not training or self.mix is None:
             return x, y
         hard = y if y.ndim == 1 else y.argmax(1)  # FER+ distributions: the most-voted class, before mixing
