@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cli, machine, table
+from benchmarks.common import cli, compose_train, machine, table
 
 ROWS, QUICK_ROWS = 35_887, 3_000
 KAGGLE_SHARE = 3_589 / 35_887  # PublicTest and PrivateTest each
@@ -39,17 +39,11 @@ def make_csv(folder: Path, rows: int) -> Path:
     return write_fer2013_csv(folder / "fer2013.csv", *make_dataset(spec))
 
 
-def _report001_augment() -> Any:
+def _report001_augment(folder: Path) -> Any:
     """augment=report001 composed as `ferlab train` composes it (the option builds on augment/none.yaml)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from ferlab.runner import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return instantiate(compose("train", overrides=["augment=report001"]).augment)
+    return instantiate(compose_train(folder, ["augment=report001"], folder / "run").augment)
 
 
 def _rate(batches: Any, step: Any) -> tuple[float, int]:
@@ -76,7 +70,7 @@ def measure_ferlab(csv: Path, cache: Path) -> dict[str, float]:
     load_or_build(Fer2013Csv(str(csv)), cache)
     cached = time.perf_counter() - start
     dm = FERDataModule(Fer2013Csv(str(csv)), name="fer2013", num_classes=7, class_names=FER2013, in_chans=1,
-                       image_size=48, batch_size=BATCH, cache_dir=str(cache), augment=_report001_augment())
+                       image_size=48, batch_size=BATCH, cache_dir=str(cache), augment=_report001_augment(csv.parent))
     dm.setup("fit")
     rate, n = _rate(dm.train_dataloader(), lambda b: dm.transform(b[0], train=True))
     return {"parse_s": parse, "cached_s": cached, "rate": rate, "images": n}

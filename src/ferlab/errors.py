@@ -38,3 +38,8 @@ class Interrupted(Preempted):
 
     def __init__(self, message: str) -> None:
         super().__init__(signal.SIGINT, message)
+
+
+def stop_status(stop: BaseException) -> int:
+    """The exit status of a stop: a `Preempted`'s (or any SystemExit's) integer code, else 130 (Ctrl-C)."""
+    return stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 128 + signal.SIGINT

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.data.io import atomic_write_text
-from ferlab.errors import Preempted
+from ferlab.errors import Interrupted, Preempted
 
 LAST_NAME = "last.ckpt"  # written by ferlab.lit.resilience.LastCheckpoint into the run's checkpoint dir
 LAST = Path("checkpoints") / LAST_NAME  # relative to a run dir: what ckpt_path=<run dir>|last|auto resume from
 NOT_STARTED = "NotStarted"  # failed.json type of a sweep job the sweeper never started
-STOPPED = ("Preempted", "Interrupted", NOT_STARTED)  # failed.json types of runs that continue with ckpt_path=auto
+STOPPED = (Preempted.__name__, Interrupted.__name__, NOT_STARTED)  # failed.json types of runs that continue with ckpt_path=auto
 
 
 def _plain(value: Any) -> Any:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ferlab.errors import FerlabError
+from ferlab.lit.user_errors import error_line
 
 JOURNAL = "journal:///"
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
@@ -71,6 +73,11 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
         return self.stale_callback
 
 
+def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
+    """Trials by state name ("complete", "pruned", ...), in the order the states first appear."""
+    return dict(Counter(t.state.name.lower() for t in trials))
+
+
 def safe_url(url: str) -> str:
     """The URL with its password hidden, for messages."""
     try:
@@ -80,9 +87,6 @@ def safe_url(url: str) -> str:
     except Exception:  # not an SQLAlchemy URL (journal:///...), or a malformed one: nothing to hide
         return url
 
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _local_file(url: str) -> Path | None:
@@ -150,7 +154,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             raise FerlabError(
                 f"the study storage {safe_url(url)} was written by Optuna 2 (an earlier ferlab); upgrade it once, "
                 f"keeping every trial, with: optuna storage upgrade --storage '{url}'") from None
-        raise FerlabError(f"cannot open the study storage {safe_url(url)}: {type(e).__name__}: {_first_line(e)} "
+        raise FerlabError(f"cannot open the study storage {safe_url(url)}: {type(e).__name__}: {error_line(e)} "
                           "(sqlite:///file.db, journal:///file.log or a database URL such as "
                           "postgresql+psycopg://user:password@host/db)") from None
 

@@ -90,9 +90,9 @@ def _columns(rows: list[dict], metrics: list[str] | None) -> tuple[list[str], li
 def to_markdown(study: Any, url: str, rows: list[dict], metrics: list[str] | None) -> str:
     """The table, then the parameter importances."""
     params, names = _columns(rows, metrics)
-    states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    from ferlab.study import state_counts
+
+    states = state_counts(study.get_trials(deepcopy=False))
     directions = " and ".join(d.name.lower() for d in study.directions)
     out = [f"## Optuna study {study.study_name}: {', '.join(f'{n} {s}' for s, n in states.items()) or 'no trial'}",
            "", f"Storage: `{url}`; objective: {directions} (`value`); sorted best first.", ""]

@@ -142,7 +142,7 @@ def _one_weight_average(cfg: DictConfig) -> Iterator[str]:
     targets = {name: str(node.get("_target_", "")) for name, node in (cfg.get("callbacks") or {}).items()
                if isinstance(node, DictConfig)}
     averaging = sorted(n for n, t in targets.items() if t.startswith("ferlab.lit.averaging.") or
-                       t.endswith("WeightAveraging") or t.endswith("StochasticWeightAveraging"))
+                       t.endswith("WeightAveraging"))
     if len(averaging) > 1:
         yield f"callbacks {', '.join(averaging)} all average the weights; keep one (callbacks.<name>=null)"
 

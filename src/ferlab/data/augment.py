@@ -53,7 +53,8 @@ class BatchAugment(nn.Module):
         if crop is not None and int(crop) < 1:
             raise FerlabError(f"augment.crop must be a positive number of pixels or null, got {crop}")
         self.crop = None if crop is None else int(crop)
-        mix_settings("mixup", mixup), mix_settings("cutmix", cutmix)  # bad values fail when the config is built
+        # parsed here, so bad values fail when the config is built
+        self._mixing = any(mix_settings(name, spec)[1] > 0 for name, spec in (("mixup", mixup), ("cutmix", cutmix)))
         self.mixup, self.cutmix = dict(mixup or {}), dict(cutmix or {})
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) float in [0, 1]
@@ -63,7 +64,7 @@ class BatchAugment(nn.Module):
 
     def mixing(self, num_classes: int) -> BatchMix | None:
         """The batch mixer for `num_classes` classes, or None when mixup and cutmix are both off."""
-        if mix_settings("mixup", self.mixup)[1] == 0 and mix_settings("cutmix", self.cutmix)[1] == 0:
+        if not self._mixing:
             return None  # off: torchvision's v2 transforms are not even imported (eval, predict, explain)
         return BatchMix(num_classes, self.mixup, self.cutmix)
 

@@ -48,10 +48,6 @@ class BatchMix:
         self.cutmix = v2.CutMix(alpha=cut_alpha, num_classes=num_classes)
         self.num_classes = num_classes
 
-    @property
-    def enabled(self) -> bool:
-        return self.p_mixup > 0 or self.p_cutmix > 0
-
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if y.ndim == 2:  # vote counts or shares: mix distributions, so each image weighs what lambda says
             y = y.float() / y.float().sum(1, keepdim=True)

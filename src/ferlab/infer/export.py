@@ -21,6 +21,7 @@ from torch import nn
 from ferlab.data.io import atomic_write
 from ferlab.errors import FerlabError
 from ferlab.infer.backends import METADATA_KEY, model_metadata, onnx_session
+from ferlab.lit.user_errors import error_line
 
 FORMATS = ("onnx", "torchscript")
 log = logging.getLogger("ferlab.export")
@@ -39,9 +40,6 @@ class ExportResult:
 
 EXPORTERS = ("auto", "legacy", "dynamo")
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _legacy_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -72,14 +70,14 @@ def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int, 
                 return _legacy_onnx(net, example, path, opset)
             except Exception as e:  # UnsupportedOperatorError, SymbolicValueError...
                 if exporter == "legacy":
-                    raise FerlabError(f"ONNX export failed at opset {opset}: {_first_line(e)}") from None
-                log.info("legacy ONNX exporter failed (%s); trying the dynamo exporter", _first_line(e))
+                    raise FerlabError(f"ONNX export failed at opset {opset}: {error_line(e)}") from None
+                log.info("legacy ONNX exporter failed (%s); trying the dynamo exporter", error_line(e))
         try:
             _dynamo_onnx(net, example, path, opset)
         except ImportError as e:
             raise FerlabError(f"ONNX export needs the dynamo exporter here; pip install onnxscript ({e})") from None
         except Exception as e:
-            raise FerlabError(f"ONNX export (dynamo) failed at opset {opset}: {_first_line(e)}") from None
+            raise FerlabError(f"ONNX export (dynamo) failed at opset {opset}: {error_line(e)}") from None
 
 
 def write_onnx(net: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any], opset: int = 20,

@@ -8,17 +8,27 @@ from typing import Any
 import torch
 
 from ferlab.errors import FerlabError
+from ferlab.lit.user_errors import error_line
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """torch.load with weights_only=True; a missing, truncated or foreign file is one clear error."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """torch.load with weights_only=True; a missing, truncated or foreign file is one clear error.
+
+    mmap: tensors memory-mapped, not read (for a look at the metadata or a few shapes); a file torch cannot map
+    (not a zip checkpoint) is loaded in full.
+    """
     path = Path(path)
     if not path.is_file():
         raise FerlabError(f"checkpoint not found: {path}")
+    if mmap:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except Exception:  # the full load below says what is wrong, if anything
+            pass
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = error_line(e)
         raise FerlabError(f"checkpoint {path} cannot be loaded (truncated or not a ferlab checkpoint): {reason}") from None
 
 

@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ferlab.analysis.tta import TestTimeAugment
-from ferlab.lit.finetune import build_optimizer
+from ferlab.lit.finetune import build_optimizer, in_backbone
 from ferlab.version import version_info
 
 
@@ -82,8 +82,7 @@ class Classifier(pl.LightningModule):
     def backbone(self) -> nn.Module:
         """The network without its head (and fresh modules): what `BackboneFinetuning` freezes and
         `backbone_lr_mult` slows down."""
-        return nn.ModuleList([m for name, m in self.net.named_children()
-                              if name != "head" and name not in self.fresh_modules])
+        return nn.ModuleList([m for name, m in self.net.named_children() if in_backbone(name, self.fresh_modules)])
 
     def setup(self, stage: str) -> None:
         # a loss that weighs classes (loss=weighted_ce) learns the train split's counts once the data is loaded
@@ -158,6 +157,6 @@ class Classifier(pl.LightningModule):
             checkpoint["ferlab_normalization"] = {"mean": dm.mean.flatten().tolist(), "std": dm.std.flatten().tolist()}
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult, self.fresh_modules)
+        optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult)
         schedule = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError, Interrupted, Preempted
+from ferlab.lit.ckpt_file import load_checkpoint
 from ferlab.lit.preemption import SIGNALS, TWICE, preempted
 from ferlab.lit.resilience import last_checkpoint
 from ferlab.lit.summary import quiet_lightning
@@ -64,7 +65,7 @@ class WorkerError(RuntimeError):
     @classmethod
     def of(cls, error: BaseException) -> WorkerError:
         user = as_user_error(error)
-        kind = type(error) if isinstance(error, FerlabError) else type(user) if user is not None else type(error)
+        kind = type(user or error)
         return cls(json.dumps({"module": kind.__module__, "type": kind.__qualname__, "message": str(user or error),
                                "user": user is not None or isinstance(error, FerlabError),
                                "per_rank": isinstance(error, FerlabError), "traceback": traceback.format_exc()}))
@@ -201,7 +202,7 @@ def _stopped_message(trainer: pl.Trainer | None, signum: int, e: ProcessExitedEx
 def _saved_at(path: Path) -> str:
     """' at epoch E, step S' of the state the workers saved (this process's trainer never ran a step)."""
     try:  # mmap: only the pickled metadata is read, not the tensors
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_checkpoint(path, mmap=True)
         return f" at epoch {int(state['epoch'])}, step {int(state['global_step'])}"
     except Exception:  # the message matters more than the position
         return ""

@@ -24,11 +24,15 @@ log = logging.getLogger(__name__)
 HEAD, BACKBONE = "head", "backbone"
 
 
+def in_backbone(child: str, fresh: Collection[str] = ()) -> bool:
+    """Whether the network's top-level module `child` is part of the backbone (`Classifier.backbone`)."""
+    return child != "head" and child not in fresh
+
+
 def is_backbone(name: str, fresh: Collection[str] = ()) -> bool:
-    """Whether a LightningModule parameter name belongs to the backbone: the network without `net.head` and
-    without the top-level modules in `fresh`."""
+    """Whether a LightningModule parameter name (`net.<child>.…`) belongs to the backbone."""
     parts = name.split(".")
-    return len(parts) > 2 and parts[0] == "net" and parts[1] != "head" and parts[1] not in fresh
+    return len(parts) > 2 and parts[0] == "net" and in_backbone(parts[1], fresh)
 
 
 def optimizer_factory(optim: Any) -> tuple[Callable[..., torch.optim.Optimizer], float]:
@@ -43,9 +47,9 @@ def optimizer_factory(optim: Any) -> tuple[Callable[..., torch.optim.Optimizer],
 
 def build_optimizer(
     factory: Callable[..., torch.optim.Optimizer], module: nn.Module, backbone_lr_mult: float = 1.0,
-    fresh: Collection[str] = (),
 ) -> torch.optim.Optimizer:
-    """`factory(params=...)` over `module`'s parameters, as one group or as the groups "head" and "backbone".
+    """`factory(params=...)` over `module`'s parameters, as one group or as the groups "head" and "backbone"
+    (`module.backbone`'s parameters, e.g. `Classifier.backbone`; the head: all others).
 
     Two groups when the backbone learns at its own rate (`backbone_lr_mult` != 1) or some of it is frozen now
     (BackboneFinetuning unfreezes it later): the backbone's rate is the head's times `backbone_lr_mult`, and the
@@ -53,11 +57,12 @@ def build_optimizer(
     Frozen parameters are in the optimizer from the start (without gradients they are not stepped), so unfreezing
     changes neither the groups nor what a scheduler or a resumed optimizer state expects.
     """
-    named = list(module.named_parameters())
-    backbone = [p for n, p in named if is_backbone(n, fresh)]
+    params = list(module.parameters())
+    in_backbone_ids = {id(p) for p in module.backbone.parameters()}
+    backbone = [p for p in params if id(p) in in_backbone_ids]
     if backbone_lr_mult == 1.0 and all(p.requires_grad for p in backbone):
-        return factory(params=[p for _, p in named])
-    head = [p for n, p in named if not is_backbone(n, fresh)]
+        return factory(params=params)
+    head = [p for p in params if id(p) not in in_backbone_ids]
     optimizer = factory(params=[{"params": head, "name": HEAD}, {"params": backbone, "name": BACKBONE}])
     optimizer.param_groups[1]["lr"] *= backbone_lr_mult  # before any scheduler records its initial_lr
     return optimizer

@@ -28,7 +28,6 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ferlab.errors import Interrupted, Preempted
 from ferlab.lit.resilience import LastCheckpoint, last_checkpoint
-from ferlab.lit.user_errors import as_user_error
 
 __all__ = ["SIGNALS", "Interrupted", "Preempted", "Preemption", "preempted", "stoppable"]
 
@@ -135,7 +134,7 @@ def _ctrl_c_stops(trainer: pl.Trainer) -> Iterator[None]:
 
 def stoppable(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap `trainer.fit` / `trainer.test`: a signal ends them with `Preempted` / `Interrupted` instead of status 0
-    or 1, and a Lightning misconfiguration (e.g. a `limit_val_batches` that selects no batch) with one line."""
+    or 1 (a Lightning misconfiguration becomes one line where every task error is reported: `runner.guarded`)."""
     trainer = method.__self__
 
     @functools.wraps(method)
@@ -145,11 +144,6 @@ def stoppable(method: Callable[..., Any]) -> Callable[..., Any]:
                 result = method(*args, **kwargs)
         except SIGTERMException:
             raise preempted(trainer) from None
-        except Exception as e:
-            user = as_user_error(e)
-            if user is None:
-                raise
-            raise user from None
         keeper = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
         if keeper is not None and keeper.received:  # signalled after the last batch: the fit is complete, stop here
             raise preempted(trainer)

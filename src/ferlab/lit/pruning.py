@@ -85,7 +85,11 @@ def trial_callbacks(monitor: str | None) -> list[Callback]:
 
     sweeper = HydraConfig.get().sweeper  # the sweeper hands its jobs the resolved storage and study name
     pruner = sweeper.get("pruner")
-    if pruner is None or str(pruner).strip().lower() == "none":  # nothing to report to: no metric needed per epoch
+    from optuna.pruners import NopPruner
+
+    from ferlab.study import make_pruner
+
+    if isinstance(make_pruner(pruner), NopPruner):  # the sweeper's rule: nothing to report to, no metric per epoch
         return []
     return [OptunaPruning(sweeper.storage, sweeper.study_name, int(number), pruner, monitor)]
 

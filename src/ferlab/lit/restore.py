@@ -21,6 +21,7 @@ from torch import nn
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
 from ferlab.lit.ckpt_file import load_checkpoint, net_weights
+from ferlab.lit.user_errors import error_line
 from ferlab.models.registry import builder_for_target
 from ferlab.stored import plain_list, refused, target_and_kwargs
 
@@ -99,8 +100,7 @@ def rebuild(name: str, build: Callable[[], nn.Module], where: str) -> nn.Module:
     try:
         return build()
     except Exception as e:  # the stored arguments no longer fit (renamed or removed argument, bad value)
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FerlabError(f"{where}: cannot rebuild model {name}: {message}") from None
+        raise FerlabError(f"{where}: cannot rebuild model {name}: {error_line(e)}") from None
 
 
 def stored_config(checkpoint: dict, where: str) -> dict[str, Any]:

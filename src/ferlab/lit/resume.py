@@ -103,24 +103,19 @@ def _model_defaults(stored: dict) -> dict | None:
     import yaml
 
     from ferlab.lit.mismatch import model_name
-    from ferlab.runner import CONF_DIR
+    from ferlab.searchpath import conf_root
 
-    path = Path(CONF_DIR) / "model" / f"{model_name(stored)}.yaml"
+    path = conf_root() / "model" / f"{model_name(stored)}.yaml"
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
 def check_fits(ckpt: str, model: Any, config: dict) -> None:
     """Before Lightning loads `ckpt` into `model` (a LightningModule): one line naming the checkpoint's model and
     data and this run's when its weights do not fit. Tensors are memory-mapped, so the check reads little."""
-    import torch
-
     from ferlab.lit.ckpt_file import load_checkpoint
     from ferlab.lit.mismatch import describe_mismatch
 
-    try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint (or not one at all): the full load says what is wrong
-        saved = load_checkpoint(ckpt)
+    saved = load_checkpoint(ckpt, mmap=True)
     problem = _first_difference(saved.get("state_dict") or {}, model.state_dict())
     if problem is None:
         return

@@ -21,6 +21,11 @@ def one_line(message: str) -> str:
     return next((line.strip() for line in str(message).splitlines() if line.strip()), "")
 
 
+def error_line(error: BaseException) -> str:
+    """An exception in one line: its message's first line, or its class name when it has no message."""
+    return one_line(error) or type(error).__name__
+
+
 def user_error(kind: str, message: str) -> FerlabError | None:
     """The FerlabError for an exception of class name `kind` with `message`, or None when it is not a user mistake."""
     if kind != "MisconfigurationException":

@@ -35,8 +35,8 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
-from ferlab.errors import FerlabError, Preempted
-from ferlab.study import absolute_url, make_pruner, open_storage, safe_url
+from ferlab.errors import FerlabError, Preempted, stop_status
+from ferlab.study import absolute_url, make_pruner, open_storage, safe_url, state_counts
 from ferlab.trial import RUN_ATTR, TRIAL_ENV, Pruned
 from hydra_plugins.ferlab_sweepers._space import grid_choices, parse_space, trial_overrides
 
@@ -112,10 +112,7 @@ def _counted(study: optuna.Study) -> tuple[int, dict[str, int]]:
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     counted = sum(1 for t in trials if t.state in COUNTED and t.number not in retried and not t.user_attrs.get(INTERRUPTED))
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    return counted, states
+    return counted, state_counts(trials)
 
 
 class _Heartbeat:
@@ -124,7 +121,7 @@ class _Heartbeat:
 
     def __init__(self, storage: Any, trials: list[Trial]) -> None:
         self.storage, self.trials = storage, trials
-        self.interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        self.interval = storage.get_heartbeat_interval()
         self.stop, self.thread = threading.Event(), threading.Thread(target=self._loop, daemon=True)
 
     def _beat(self) -> None:
@@ -236,16 +233,17 @@ def _abandon(study: optuna.Study, trials: list[Trial], max_retry: int | None, re
     running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number in mine]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        again = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        # the storage's own retry callback (open_storage made it with max_retry) when heartbeats are on
+        again = study._storage.get_heartbeat_stale_trial_callback() or RetryHeartbeatStaleTrialCallback(max_retry)
         for frozen in running:
             study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
-            if retry:
-                again(study, study.get_trials(deepcopy=False)[frozen.number])
+            if retry:  # the retry copies number, parameters and attributes, which failing the trial left as they were
+                again(study, frozen)
 
 
 def _save_results(sweep_dir: Path, study: optuna.Study, url: str, directions: list[str]) -> None:
     """optimization_results.yaml in the sweep dir: best parameters and value(s) of the whole study, trial counts."""
-    _, states = _counted(study)
+    states = state_counts(study.get_trials(deepcopy=False))
     counts = {s.name.lower(): states.get(s.name.lower(), 0) for s in COUNTED}
     results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": safe_url(url),
                                "trials": counts}
@@ -269,8 +267,7 @@ class _Search:
     def __init__(self, sweeper: Any, arguments: list[str]) -> None:
         s = self.settings = sweeper.optuna
         self.sweeper, self.sweep_dir = sweeper, Path(sweeper.config.hydra.sweep.dir)
-        params = [f"{k!s}={v}" for k, v in (sweeper.params or {}).items()]
-        self.space, self.fixed = parse_space([*params, *arguments], sweeper.hydra_context.config_loader)
+        self.space, self.fixed = parse_space([*sweeper._parse_config(), *arguments], sweeper.hydra_context.config_loader)
         self.directions = _directions(s["direction"])
         pruner = make_pruner(s["pruner"])  # checked here, before any study is created or any job runs
         if len(self.directions) > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
@@ -293,7 +290,7 @@ class _Search:
         with warnings.catch_warnings():  # Optuna expects heartbeats from study.optimize; this loop keeps them
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = self.study.ask()
-        if getattr(self.storage, "get_heartbeat_interval", lambda: None)():
+        if self.storage.get_heartbeat_interval():
             self.storage.record_heartbeat(trial._trial_id)  # at once, as Optuna's loop does: a trial that never
             # had a heartbeat is never failed as stale, so a worker killed before its first beat would strand it
         self.study.sampler = self.sampler_for(trial.number)
@@ -342,7 +339,7 @@ def search(sweeper: Any, arguments: list[str]) -> None:
         print(f"ferlab: error: {e}", file=sys.stderr)
         sys.exit(1)
     except (Preempted, KeyboardInterrupt) as stop:  # Ctrl-C or a signal: this worker stops asking for trials
-        code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+        code = stop_status(stop)
         print(f"ferlab: error: search stopped ({stop or 'interrupted'}); this worker's running trials are failed "
               "and queued to run again: the same command continues the study", file=sys.stderr)
         sys.exit(code)

@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf, open_dict
 
-from ferlab.errors import Preempted
+from ferlab.errors import Preempted, stop_status
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class FerlabSweeper(BasicSweeper):
 def _exit_now(stop: BaseException) -> Any:
     """A SIGINT handler for the sweep's wrap-up after a stop: another Ctrl-C ends the process with the stop's
     status at once, without a traceback (what is written is written atomically)."""
-    code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+    code = stop_status(stop)
 
     def handler(signum: int, frame: Any) -> None:
         raise SystemExit(code)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_images
+from ferlab.data.images import DEFAULT_MAX_PIXELS, decode_images, is_image_file
 from ferlab.data.sources.base import (
     BAD_SAMPLE_POLICIES,
     SPLITS,
@@ -68,7 +68,7 @@ def list_images(folder: Path) -> tuple[list[Path], int]:
                 elif e.is_file():
                     found.append((*rel, e.name))
     found.sort()  # the order of sorted(Path.rglob(...)): by path components
-    images = [folder.joinpath(*p) for p in found if os.path.splitext(p[-1])[1].lower() in IMAGE_EXTENSIONS]
+    images = [path for path in (folder.joinpath(*p) for p in found) if is_image_file(path)]
     return images, len(found) - len(images)
 
 

@@ -7,6 +7,7 @@ A reader scans its layout into a `Listing` (each row remembers where it was list
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,9 @@ class ListedImages:
         listing.keep(np.flatnonzero(present))
 
     def decode(self, listing: Listing, meta: dict) -> FERData:
-        """Decode the listed images (cropped to their boxes, if any) into FERData; counts go into `meta`."""
+        """Decode the listed images (cropped to their boxes, if any) into FERData, with `meta` and the counts.
+        `listing` and `meta` are left as they were (a reader may have memoised them)."""
+        listing, meta = dataclasses.replace(listing, dropped=dict(listing.dropped)), dict(meta)
         self.check_present(listing)
         if not listing.paths:
             raise FerlabError(f"{self.root}: no images left to decode (dropped: {listing.dropped})")

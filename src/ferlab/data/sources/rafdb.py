@@ -113,7 +113,6 @@ class RafDb(ListedImages):
     def read(self):
         kind, folder = self.layout()
         listing, meta = self._list_release(folder) if kind == "release" else self._list_folders(folder)
-        self._walked = None  # decode may drop rows from the listing
         return self.decode(listing, meta)
 
     def _list_release(self, basic: Path) -> tuple[Listing, dict]:
