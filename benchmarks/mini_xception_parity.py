@@ -42,22 +42,45 @@ def keras_side(hdf5: str, inputs: str, out: str) -> None:
         import keras
     model = keras.models.load_model(hdf5, compile=False)
     probs = model.predict(np.load(inputs)["x"], batch_size=25, verbose=0)
-    np.savez(out, probs=probs, tensorflow=tf.__version__, keras=keras.__version__, h5py=h5py.__version__,
-             python=sys.version.split()[0])
+    np.savez(out, probs=probs, tensorflow=tf.__version__, keras=f"{keras.__name__} {keras.__version__}",
+             h5py=h5py.__version__, python=sys.version.split()[0])
+
+
+def photos() -> dict[str, np.ndarray]:
+    """Real photos with one face each, inside installed packages (BGR uint8)."""
+    import cv2
+    import matplotlib
+    from skimage import data
+
+    grace = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    return {"skimage astronaut": np.ascontiguousarray(data.astronaut()[:, :, ::-1]), "matplotlib grace_hopper": grace}
+
+
+def fer_crop(gray: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The `fer` package's crop (FER.detect_emotions): the box squared, 10 px offsets per side, the frame padded by
+    40 px of its bottom rows' mean, cv2.resize (bilinear) to 64x64."""
+    import cv2
+
+    x, y, w, h = (int(v) for v in box)
+    if h != w:  # FER.tosquare
+        x, w = (x - (h - w) // 2, h) if h > w else (x, w)
+        y, h = (y - (w - h) // 2, w) if w > h else (y, h)
+    pad = 40
+    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=cv2.mean(gray[-2:])[0])
+    x1, y1 = max(0, x - 10 + pad), max(0, y - 10 + pad)
+    return cv2.resize(padded[y1:y + h + 10 + pad, x1:x + w + 10 + pad], (SIZE, SIZE))
 
 
 def real_faces() -> np.ndarray:
     """(25, 64, 64) uint8: two faces cut from real photos by ferlab's Haar crop, 23 LFW faces resized."""
     import cv2
-    import matplotlib
     from skimage import data
 
     from ferlab.infer.detect import HaarFaceDetector
     from ferlab.infer.preprocess import crop
 
-    grace = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
     detector, faces = HaarFaceDetector(), []
-    for photo in (np.ascontiguousarray(data.astronaut()[:, :, ::-1]), grace):
+    for photo in photos().values():
         (box,) = detector(photo)
         face = crop(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), box, detector.margin)
         faces.append(cv2.resize(face, (SIZE, SIZE), interpolation=cv2.INTER_AREA))
@@ -93,6 +116,35 @@ def ferlab_probs(x: np.ndarray, hdf5: str) -> dict[str, np.ndarray]:
         return {name: torch.softmax(net(batch), 1).numpy() for name, net in (("shipped", shipped), ("fresh", fresh))}
 
 
+def crops_table() -> str:
+    """The built-in model on each real photo: ferlab's crop (`ferlab predict`'s Haar detector, margins 0.05-0.2)
+    against the `fer` package's own crop of the same Haar box."""
+    import cv2
+    import torch
+
+    from benchmarks.common import table
+    from ferlab.infer.backends import load_model
+    from ferlab.infer.detect import HaarFaceDetector
+    from ferlab.infer.predictor import Predictor
+    from ferlab.lit.restore import restore
+
+    model = load_model("builtin:fer2013_mini_xception", threads=1)
+    names, rows = model.class_names, []
+    net = restore("builtin:fer2013_mini_xception").net
+    for title, photo in photos().items():
+        for margin in (0.05, 0.1, 0.15, 0.2):
+            (face,) = Predictor(model, HaarFaceDetector(margin=margin))(photo)
+            rows.append([title, f"ferlab, margin {margin:g}" + (" (default)" if margin == 0.1 else ""), face.label,
+                         " ".join(f"{p:.2f}" for p in face.probs)])
+        (box,) = HaarFaceDetector()(photo)
+        x = (fer_crop(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), box).astype(np.float32) / 255 - 0.5) * 2
+        with torch.inference_mode():
+            probs = torch.softmax(net(torch.from_numpy(x)[None, None]), 1)[0].numpy()
+        rows.append([title, "fer's crop (10 px, bottom-mean padding)", names[int(probs.argmax())],
+                     " ".join(f"{p:.2f}" for p in probs)])
+    return table(["photo", "crop", "label", f"probabilities ({' '.join(names)})"], rows)
+
+
 def report(x: np.ndarray, keras: dict, ours: dict[str, np.ndarray], hdf5: str) -> str:
     """The markdown: versions, then max |softmax difference| and argmax agreement per input group."""
     import hashlib
@@ -117,12 +169,16 @@ def report(x: np.ndarray, keras: dict, ours: dict[str, np.ndarray], hdf5: str) -
     return "\n".join([
         "# mini-Xception: ferlab vs the original Keras model", "",
         f"Keras file: `{Path(hdf5).name}` (sha256 `{digest[:16]}...`, saved by Keras {saved_by}), loaded by "
-        f"TensorFlow {keras['tensorflow']} / Keras {keras['keras']} (Python {keras['python']}, h5py {keras['h5py']}).",
+        f"TensorFlow {keras['tensorflow']} / {keras['keras']} (Python {keras['python']}, h5py {keras['h5py']}).",
         f"ferlab side: torch {torch.__version__}, h5py {h5py.__version__}; {machine()}.", "",
         "`shipped`: the checkpoint inside ferlab (`builtin:fer2013_mini_xception`); `fresh`: the same file converted "
         "again with `ferlab.models.keras_h5`. Inputs 64x64 gray, scaled (x / 255 - 0.5) * 2 for both models.", "",
         table(["inputs", "ferlab model", "n", "max abs softmax diff", "same argmax", f"<= {TOLERANCE:g}"], rows,
-              right=(2, 3, 4)),
+              right=(2, 3, 4)), "",
+        "## The built-in model on real photos", "",
+        "`ferlab predict input=<photo>` (Haar detector, no checkpoint given) at crop margins around its default 0.1, "
+        "and the same Haar box cropped as the `fer` package does (the same network, shown above to equal Keras).", "",
+        crops_table(),
     ])
 
 
