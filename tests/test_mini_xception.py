@@ -1,7 +1,7 @@
 """mini-Xception and its Keras conversion: a Keras-layout HDF5 file written here with h5py (random weights, layers
 in a scrambled order) converts to a net whose outputs equal an independent NumPy forward pass with Keras' semantics
 (TensorFlow 'same' padding, odd padding bottom/right), files that do not fit are one line, and the built-in FER2013
-checkpoint loads weights-only, labels a real smiling face, exports, and starts a training run."""
+checkpoint loads weights-only, labels a real smiling face, exports, and is what init_from=builtin:... loads."""
 
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def test_predict_without_a_checkpoint_labels_a_real_smiling_face_happy(tmp_path,
     assert "model: builtin:fer2013_mini_xception: mini-Xception" in err and "synthetic" not in err
 
 
-def test_builtin_exports_into_the_run_dir_and_starts_a_training_run(tmp_path):
+def test_builtin_exports_into_the_run_dir_and_init_from_resolves_it(tmp_path):
     from ferlab.export import run_export
     from ferlab.lit.init_from import init_weights, resolve_init_from
     from tests.conftest import compose_cfg

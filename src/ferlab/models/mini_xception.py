@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.layers import NORMS, check_choice, check_positive, make_act
 from ferlab.models.pretrained import load_pretrained
@@ -98,6 +99,8 @@ class MiniXception(FERNet):
         act: str = "relu", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
     ) -> None:
         super().__init__()
+        if not widths:
+            raise FerlabError("model argument widths=[] needs at least one residual module width")
         check_positive(stem_width=stem_width, bn_eps=bn_eps, **{f"widths[{i}]": w for i, w in enumerate(widths)})
         bias = norm == "none"
         self.stem = nn.Sequential(
