@@ -65,6 +65,8 @@ def test_sdist_and_wheel_carry_every_config(built):
     names = zipfile.ZipFile(built["wheel"]).namelist()
     in_wheel = {n.removeprefix("ferlab/conf/") for n in names if n.startswith("ferlab/conf/") and n.endswith(".yaml")}
     assert in_wheel == expected
+    shipped = ["ferlab/weights/fer2013_mini_xception.ckpt", "ferlab/weights/NOTICE"]  # builtin: weights, licences
+    assert all(n in names and (built["tree"] / "src" / n).is_file() for n in shipped), shipped
 
 
 def _ferlab(installed: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -90,6 +92,19 @@ def test_wheel_trains_from_an_empty_folder(installed, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ferlab"]["commit"] is None and where.stdout.split()[1] == metrics["ferlab"]["version"]
     assert (tmp_path / "data" / "synthetic").is_dir() and (tmp_path / ".cache" / "ferlab").is_dir()
+
+
+def test_wheel_predicts_a_real_face_offline_with_its_builtin_model(installed, tmp_path):
+    """`ferlab predict input=<photo>` right after install: no checkpoint given, the weights come from the wheel."""
+    import cv2
+    from skimage import data
+
+    cv2.imwrite(str(tmp_path / "astronaut.png"), data.astronaut()[:, :, ::-1])
+    _ferlab(installed, tmp_path, "predict", "input=astronaut.png", "progress=false", "annotate=false")
+    doc = json.loads(next((tmp_path / "outputs" / "predict" / "runs").glob("*/predictions.json")).read_text())
+    assert Path(doc["model"]["path"]).resolve().is_relative_to(installed["site"].resolve())
+    (face,) = doc["predictions"][0]["faces"]
+    assert face["label"] == "happy", face
 
 
 USER_NET = """from torch import nn

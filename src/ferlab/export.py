@@ -1,7 +1,8 @@
 """`ferlab export`: a checkpoint's network as ONNX or TorchScript (dynamic batch), parity-checked and printed.
 
 The file goes beside the checkpoint (best.ckpt -> best.onnx / best.torchscript.pt) unless `out_path=`;
-`ferlab predict backend=onnx|torchscript` finds it there.
+`ferlab predict backend=onnx|torchscript` finds it there. A built-in checkpoint (`builtin:<name>`) is exported
+into this task's run directory, never into the installed package.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
 from ferlab.runner import hydra_task, require_checkpoint, user_model
+from ferlab.weights import is_builtin
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -21,13 +23,14 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.infer.export import FORMATS, export
     from ferlab.lit.restore import restore
 
-    require_checkpoint(cfg.get("ckpt_path"))
+    ckpt = require_checkpoint(cfg.get("ckpt_path"))
     if cfg.format not in FORMATS:
         raise FerlabError(f"format: expected one of {', '.join(FORMATS)}, got {cfg.format!r}")
-    out = Path(cfg.out_path) if cfg.get("out_path") else exported_path(cfg.ckpt_path, cfg.format)
+    beside = Path(cfg.paths.output_dir) / ckpt.name if is_builtin(cfg.ckpt_path) else ckpt
+    out = Path(cfg.out_path) if cfg.get("out_path") else exported_path(beside, cfg.format)
     if out.exists() and not cfg.overwrite:
         raise FerlabError(f"{out} exists; pass overwrite=true to replace it")
-    restored = restore(cfg.ckpt_path, map_location="cpu", model=user_model(cfg))
+    restored = restore(ckpt, map_location="cpu", model=user_model(cfg))
     result = export(restored, cfg.format, out, opset=int(cfg.opset), exporter=str(cfg.exporter),
                     batches=tuple(cfg.check_batches), atol=float(cfg.atol), seed=int(cfg.seed))
     diffs = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.diffs.items())

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ferlab import labels
 from ferlab.errors import DiskFull, FerlabError, Interrupted, Preempted
 from ferlab.searchpath import conf_root, user_searchpath_overrides, with_user_configs
+from ferlab.weights import resolve_checkpoint
 
 CONF_DIR = str(conf_root())  # ferlab's own configs, inside the package; user folders come after (searchpath.py)
 log = logging.getLogger("ferlab")
@@ -103,12 +104,15 @@ def compose_run(
 
 
 def require_checkpoint(ckpt_path: Any) -> Path:
-    """The `ckpt_path` a task needs, given and a file; checked before heavy imports so mistakes answer at once."""
+    """The file of the `ckpt_path` a task needs (`builtin:<name>`: one shipped with ferlab), given and a file;
+    checked before heavy imports so mistakes answer at once."""
     if not ckpt_path:
-        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt)")
-    if not Path(str(ckpt_path)).is_file():
+        raise FerlabError("ckpt_path is required (a ferlab checkpoint, e.g. outputs/train/runs/<run>/checkpoints/best.ckpt,"
+                          " or builtin:fer2013_mini_xception)")
+    path = resolve_checkpoint(ckpt_path)
+    if not path.is_file():
         raise FerlabError(f"checkpoint not found: {ckpt_path}")
-    return Path(str(ckpt_path))
+    return path
 
 
 def user_model(cfg: DictConfig) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
 from ferlab.runner import require_checkpoint
 from ferlab.stored import check_plain, plain_list, refused
+from ferlab.weights import is_builtin
 
 METADATA_KEY = "ferlab"  # ONNX metadata_props key / TorchScript extra file holding `model_metadata()`
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -183,10 +184,12 @@ def load_model(
     if backend not in LOADERS:
         raise FerlabError(f"backend: expected one of {', '.join(LOADERS)}, got {backend!r}")
     if backend == "torch":
-        require_checkpoint(ckpt_path)
-        return load_torch(Path(ckpt_path), color, device, threads, model)
+        return load_torch(require_checkpoint(ckpt_path), color, device, threads, model)
     if not model_path and not ckpt_path:
         raise FerlabError(f"backend={backend} needs model_path=<file> or ckpt_path= (to find its export beside it)")
+    if not model_path and is_builtin(ckpt_path):
+        raise FerlabError(f"backend={backend} with ckpt_path={ckpt_path} needs model_path=<file>: "
+                          f"`ferlab export ckpt_path={ckpt_path} format={backend}` writes one into its run directory")
     path = Path(model_path) if model_path else exported_path(ckpt_path, backend)
     if not path.is_file():
         hint = f"; run `ferlab export ckpt_path={ckpt_path} format={backend}` first" if not model_path else ""

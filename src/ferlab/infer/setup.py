@@ -1,5 +1,5 @@
 """What `ferlab predict` and `ferlab demo` share: the model on its backend, the face detector, and a word on
-what the model was trained on."""
+what the model was trained on (synthetic faces) or which built-in model runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ferlab.runner import user_model
+from ferlab.weights import describe
 
 SYNTHETIC_NOTE = (
     "note: this model was trained on ferlab's synthetic faces (data={name}); its labels mean little on real "
@@ -29,4 +30,6 @@ def build_predictor(cfg: DictConfig) -> Any:
                        model=user_model(cfg))
     if model.trained_on == "synthetic":
         print(SYNTHETIC_NOTE.format(name=model.trained_on), file=sys.stderr)
+    if cfg.backend == "torch" and (summary := describe(cfg.ckpt_path)):
+        print(f"model: {cfg.ckpt_path}: {summary}", file=sys.stderr)
     return Predictor(model, instantiate(cfg.detector))

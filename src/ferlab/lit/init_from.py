@@ -5,6 +5,7 @@
 | path/to/file.ckpt | that checkpoint |
 | path/to/run_dir | `<run_dir>/checkpoints/best.ckpt`, else `last.ckpt` |
 | last:<task_name> | the most recent finished run of that task under `${paths.log_dir}/<task_name>/` (`runs/*` and `multiruns/*/*`) with a checkpoint: finished = metrics.json written (the last thing a run does) and no failed.json; most recent = newest metrics.json |
+| builtin:<name> | a checkpoint shipped with ferlab (`ferlab.weights`), e.g. builtin:fer2013_mini_xception |
 
 The run's network is built from this run's own config as usual; then only the checkpoint's `net.*` tensors are
 read (`torch.load(weights_only=True)`; no optimizer, epoch, scheduler or RNG state) and copied through
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
 from ferlab.runfiles import LAST
+from ferlab.weights import is_builtin, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def resolve_init_from(cfg: DictConfig) -> Path | None:
     if value is None or not str(value).strip():
         return None
     value = str(value).strip()
+    if is_builtin(value):
+        return resolve_checkpoint(value)
     if value.startswith("last:"):
         task = value.removeprefix("last:").strip()
         if not task:
@@ -63,7 +67,8 @@ def resolve_init_from(cfg: DictConfig) -> Path | None:
             raise FerlabError(f"init_from={value}: run directory has no {CHECKPOINTS[0]} or {CHECKPOINTS[1]}")
         return ckpt.resolve()
     if not path.is_file():
-        raise FerlabError(f"init_from={value}: no such checkpoint file or run directory (or use last:<task_name>)")
+        raise FerlabError(f"init_from={value}: no such checkpoint file or run directory (or use last:<task_name> "
+                          "or builtin:<name>)")
     return path.resolve()
 
 

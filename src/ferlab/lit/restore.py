@@ -24,6 +24,7 @@ from ferlab.lit.ckpt_file import load_checkpoint, net_weights
 from ferlab.lit.user_errors import error_line
 from ferlab.models.registry import builder_for_target
 from ferlab.stored import plain_list, refused, target_and_kwargs
+from ferlab.weights import resolve_checkpoint
 
 
 @dataclass
@@ -126,11 +127,12 @@ def load_net_weights(net: nn.Module, checkpoint: dict, where: str) -> None:
 
 def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
             model: Mapping | None = None) -> Restored:
-    """Load a ferlab checkpoint (weights_only), check its stored config and rebuild its network.
+    """Load a ferlab checkpoint (weights_only; `builtin:<name>`: one shipped with ferlab), check its stored config
+    and rebuild its network.
 
     model: the user's own model config (`{_target_: ...}`, trusted), for a network outside ferlab's registry.
     """
-    path = Path(ckpt_path)
+    path = resolve_checkpoint(ckpt_path)  # builtin:<name> -> the file shipped inside ferlab
     where = str(path)
     checkpoint = load_checkpoint(path, map_location=map_location)
     config = stored_config(checkpoint, where)
