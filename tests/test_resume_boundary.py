@@ -112,7 +112,7 @@ class OldStop(Callback):
         self._call("on_validation_batch_end", trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        trainer.save_checkpoint(Path(trainer.default_root_dir) / LAST)
+        trainer.save_checkpoint(Path(trainer.default_root_dir) / LAST)  # ferlab's own save comes after it
 
 
 class CutShort(Callback):
@@ -266,6 +266,13 @@ def test_a_second_ctrl_c_during_validation_stops_without_saving_and_the_last_epo
     with pytest.raises(Interrupted, match=re.escape(TWICE)):  # epoch 1's validation: both of its batches
         run_train(_cfg(base, run, **_signal("on_validation_batch_end", INT, nth=[3, 4])))
     assert load_checkpoint(run / LAST)["global_step"] == 4
+    _resume_matches(reference("plain"), base, run, "plain", tmp_path)
+
+
+def test_lightnings_flag_raised_before_a_validation_waits_for_the_epoch_end(base, reference, tmp_path):
+    run = tmp_path / "run"  # raised on epoch 0's last batch, as ferlab did before and Lightning's SIGTERM handler does
+    flag = {"callbacks.old": {"_target_": f"{__name__}.OldStop", "hook": "on_train_batch_end", "nth": 4}}
+    assert _where(1, 4) in str(_stop(_cfg(base, run, **flag), TERM))
     _resume_matches(reference("plain"), base, run, "plain", tmp_path)
 
 

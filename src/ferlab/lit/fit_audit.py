@@ -44,8 +44,6 @@ def unsafe_state(fit_loop: dict[str, Any], accumulate: int = 1) -> str | None:
     steps = (((optim.get("optimizer") or {}).get("step") or {}).get("current") or {}).get("completed")
     if not epochs or not batches or steps is None or epochs["processed"] >= epochs["started"]:
         return None  # between epochs
-    if batches["ready"] != batches["completed"]:
-        return f"in the middle of training batch {batches['completed'] + 1} of epoch {epochs['processed']}"
     pending = batches["completed"] - steps * accumulate  # batches whose gradients were accumulated, not stepped
     if pending > 0:
         return (f"between the micro-batches of an optimizer step (the gradients of {pending} of "

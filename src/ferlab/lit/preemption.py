@@ -126,9 +126,12 @@ class Preemption(Callback):
         self._agree(trainer, pl_module)  # after the epoch's validations; Lightning stops once the epoch completed
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # only a time-based val_check_interval can start a validation after a batch judged safe: stop after the
-        # next safe batch instead (Lightning would stop in the middle of this validation)
-        trainer._signal_connector.received_sigterm = False
+        # a flag up here (a time-based val_check_interval validating after a batch judged safe, or a callback
+        # raising it the way Lightning's handler does) would stop in the middle of this validation: the stop waits
+        connector = trainer._signal_connector
+        if connector.received_sigterm:
+            connector.received_sigterm = False
+            self.received = self.received or signal.SIGTERM
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
