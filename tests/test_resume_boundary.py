@@ -122,6 +122,14 @@ class CutShort(Callback):
         trainer.fit_loop.epoch_progress.current.processed = trainer.max_epochs
 
 
+class SkipValidation(Callback):
+    """Makes Lightning skip epoch 1's validation (as after a restart it believes validated), all steps trained."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 8:
+            trainer.fit_loop.epoch_loop._skip_next_val = True
+
+
 @pytest.fixture(autouse=True)
 def sigint_raises():
     """Ctrl-C as a terminal's Python process gets it, whatever this test process inherited (nohup: ignored)."""
@@ -298,15 +306,19 @@ def test_a_checkpoint_saved_at_a_boundary_by_an_earlier_ferlab_is_refused_in_one
     assert not (run / "metrics.json").exists()
 
 
-def test_a_fit_that_ends_short_of_its_limits_fails_in_one_line_without_metrics(base, tmp_path, capsys):
+SHORT = [("CutShort", "epoch 2, step 4 (1 validation run)"), ("SkipValidation", "epoch 2, step 8 (1 validation run)")]
+
+
+@pytest.mark.parametrize(("callback", "ended"), SHORT, ids=["steps", "validations"])
+def test_a_fit_that_ends_short_of_its_limits_fails_in_one_line_without_metrics(base, tmp_path, capsys, callback,
+                                                                                ended):
     run = tmp_path / "run"
-    cfg = _cfg(base, run, **{"callbacks.cut": {"_target_": f"{__name__}.CutShort"}})
     with pytest.raises(SystemExit) as info:
-        guarded(run_train, cfg)
+        guarded(run_train, _cfg(base, run, **{"callbacks.cut": {"_target_": f"{__name__}.{callback}"}}))
     assert info.value.code == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ferlab: error:")]
-    assert lines == ["ferlab: error: training ended at epoch 2, step 4 (1 validation run), but max_epochs=2 at 4 "
-                     "optimizer steps per epoch means epoch 2, step 8 (2 validation runs); no early stopping, "
-                     "pruning, max_time or stop request explains it; metrics.json not written"]
+    assert lines == [f"ferlab: error: training ended at {ended}, but max_epochs=2 at 4 optimizer steps per epoch "
+                     "means epoch 2, step 8 (2 validation runs); no early stopping, pruning, max_time or stop "
+                     "request explains it; metrics.json not written"]
     assert not (run / "metrics.json").exists()
     assert json.loads((run / "failed.json").read_text())["type"] == IncompleteFit.__name__

@@ -8,7 +8,7 @@ micro-batches of one optimizer step; Lightning resumes those as if the validatio
 were done, silently losing work. Such a checkpoint is refused with one line.
 
 `FitAudit` counts the fit's validations (kept in checkpoints) and, at the end of the fit, fails a run whose optimizer
-steps, epochs or validations are fewer than `max_epochs` / `max_steps` (with `limit_train_batches`,
+steps, epochs or validation runs are fewer than `max_epochs` / `max_steps` (with `limit_train_batches`,
 `accumulate_grad_batches`, `check_val_every_n_epoch`, `val_check_interval`) imply, unless a requested stop explains
 it (`trainer.should_stop`: early stopping, the Optuna pruner, `max_time`, a callback of the user's own).
 """
@@ -91,7 +91,8 @@ def shortfall(trainer: pl.Trainer, validations: int | None) -> str | None:
         return None
     expected = _planned_validations(trainer, plan) if validations is not None else None
     done = (trainer.global_step, trainer.current_epoch, validations)
-    if done[:2] == (plan["steps"], plan["epochs"]) and expected in (None, validations):
+    # more than planned is no lost work (resumed from beyond lowered limits): only a shortfall fails
+    if done[0] >= plan["steps"] and done[1] >= plan["epochs"] and (expected is None or validations >= expected):
         return None
     limits = f"max_steps={trainer.max_steps}" if plan["cut"] else f"max_epochs={trainer.fit_loop.max_epochs}"
     resumed = f"; it resumed from {trainer.ckpt_path}" if trainer.ckpt_path else ""
