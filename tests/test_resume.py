@@ -72,7 +72,10 @@ class SlowSteps(Callback):
 
 def _ferlab_child(argv: list[str], root: str, log: str) -> None:
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds a Python process
+    # the dispositions a terminal's Python process starts with, whatever pytest inherited (nohup ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -201,6 +204,7 @@ def test_ckpt_path_values_resolve_as_documented(make_cfg, tmp_path):
 
 
 def test_sigusr1_saves_mid_epoch_checkpoint_and_raises_preempted(make_cfg, tmp_path):
+    before = signal.getsignal(signal.SIGUSR1)
     cfg = make_cfg("trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
                    "+callbacks.sig.step=10", f"+callbacks.sig.signum={int(signal.SIGUSR1)}")
     with pytest.raises(Preempted, match="stopped by SIGUSR1 at epoch 1, step 10") as info:
@@ -208,7 +212,7 @@ def test_sigusr1_saves_mid_epoch_checkpoint_and_raises_preempted(make_cfg, tmp_p
     assert info.value.code == 128 + signal.SIGUSR1
     saved = load_checkpoint(Path(cfg.paths.output_dir) / LAST)
     assert saved["global_step"] == 10 and saved["epoch"] == 1  # the batch in flight finished, then the save
-    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored after the run
+    assert signal.getsignal(signal.SIGUSR1) == before  # handlers restored after the run
 
 
 
@@ -275,7 +279,16 @@ def test_ctrl_c_at_a_random_moment_exits_130_with_one_line_and_resumes_exactly(f
     _resume_matches(uninterrupted, run, make_cfg, tmp_path)
 
 
-def test_second_ctrl_c_while_saving_stops_at_once_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch):
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C as a terminal's Python process gets it, whatever this test process inherited (nohup: ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_second_ctrl_c_while_saving_stops_at_once_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch,
+                                                                                    sigint_raises):
     save = torch.save
 
     def interrupted_save(obj, f) -> None:  # the save the first Ctrl-C asked for, interrupted half-way by a second

@@ -22,6 +22,7 @@ from torchmetrics import Metric
 
 from ferlab.data.io import remove_temporaries
 from ferlab.errors import FerlabError
+from ferlab.lit.fit_audit import FitAudit
 from ferlab.runfiles import LAST_NAME
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,21 @@ class EpochState(Callback):
         ranks, self.pending = self.pending, None
         if not ranks or not trainer.fit_loop.restarted_mid_epoch:
             return
-        state = ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
+        state = self._mine(trainer, ranks)
         _load_metric_states(pl_module, state["metrics"])
         trainer.callback_metrics.update({k: v.to(pl_module.device) for k, v in state["callback_metrics"].items()})
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resumed from the last epoch's checkpoint (a stop during the test stage): the fit had nothing left to
+        # train and never started; the last epoch's metrics (metrics.json's "final") come from the checkpoint
+        ranks, self.pending = self.pending, None
+        if ranks and not trainer.callback_metrics:
+            metrics = self._mine(trainer, ranks)["callback_metrics"]
+            trainer.callback_metrics.update({k: v.to(pl_module.device) for k, v in metrics.items()})
+
+    @staticmethod
+    def _mine(trainer: pl.Trainer, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        return ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
 
 
 class NonFiniteLoss(FerlabError):
@@ -215,10 +228,12 @@ class NanGuard(Callback):
 
 
 def callbacks(configured: list[Callback]) -> list[Callback]:
-    """The reliability callbacks every `ferlab train` run gets next to the `configured` ones (and `Preemption`).
+    """The reliability callbacks every `ferlab train` run gets next to the `configured` ones (and `Preemption`);
+    `FitAudit` fails a fit that ends short of its limits (`ferlab.lit.fit_audit`).
 
     LastCheckpoint only joins when a configured ModelCheckpoint asks for a last checkpoint (`callbacks=none`
     keeps no checkpoints at all, and a Checkpoint callback alone would pose as the trainer's checkpoint_callback).
     """
     owner = next((c for c in configured if isinstance(c, ModelCheckpoint) and c.save_last), None)
-    return [RngState(), EpochState(), NanGuard(), *([LastCheckpoint(owner.dirpath)] if owner is not None else [])]
+    return [RngState(), EpochState(), NanGuard(), FitAudit(),
+            *([LastCheckpoint(owner.dirpath)] if owner is not None else [])]

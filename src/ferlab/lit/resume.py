@@ -111,15 +111,33 @@ def _model_defaults(stored: dict) -> dict | None:
 
 def check_fits(ckpt: str, model: Any, config: dict) -> None:
     """Before Lightning loads `ckpt` into `model` (a LightningModule): one line naming the checkpoint's model and
-    data and this run's when its weights do not fit. Tensors are memory-mapped, so the check reads little."""
+    data and this run's when its weights do not fit, or why its training state cannot be continued exactly
+    (`check_resumable`). Tensors are memory-mapped, so the check reads little."""
     from ferlab.lit.ckpt_file import load_checkpoint
     from ferlab.lit.mismatch import describe_mismatch
 
     saved = load_checkpoint(ckpt, mmap=True)
     problem = _first_difference(saved.get("state_dict") or {}, model.state_dict())
     if problem is None:
+        check_resumable(saved, ckpt, config)
         return
     stored = (saved.get("hyper_parameters") or {}).get("config")
     if not isinstance(stored, dict):
         raise FerlabError(f"checkpoint {ckpt} does not fit this run's network ({problem}) and holds no ferlab config")
     raise FerlabError(describe_mismatch(stored, config, ckpt, detail=problem, defaults=_model_defaults(stored)))
+
+
+def check_resumable(saved: dict, ckpt: str, config: dict) -> None:
+    """One line when `saved` (a loaded checkpoint) was written where Lightning cannot continue exactly: an earlier
+    ferlab stopped in the middle of a validation or between micro-batches (`ferlab.lit.fit_audit.unsafe_state`)."""
+    from ferlab.lit.fit_audit import unsafe_state
+
+    stored = (saved.get("hyper_parameters") or {}).get("config")
+    trainer_cfg = (stored if isinstance(stored, dict) else config).get("trainer") or {}
+    fit_loop = (saved.get("loops") or {}).get("fit_loop")
+    problem = unsafe_state(fit_loop, int(trainer_cfg.get("accumulate_grad_batches") or 1)) if fit_loop else None
+    if problem:
+        raise FerlabError(
+            f"checkpoint {ckpt} cannot be resumed exactly: it was saved {problem} at epoch {saved.get('epoch')}, "
+            f"step {saved.get('global_step')} (a stop signal handled by an earlier ferlab); Lightning would "
+            "continue as if that work were done and end the run short; start the run again without ckpt_path=")
