@@ -257,7 +257,7 @@ def ir_file(tmp_path_factory) -> tuple[Backbone, Path]:
 def test_ir50_file_gives_the_insightface_backbones_map_and_embedding(ir_file):
     """At the 112x112 the file was made for: the 7x7x512 map (cam_layer) and the 512-d output_layer embedding."""
     ref, path = ir_file
-    net = create_model("ir50", in_chans=3, num_classes=7, pretrained=str(path)).eval()
+    net = create_model("ir50", in_chans=3, num_classes=7, neck="embedding", pretrained=str(path)).eval()
     report = net.load_report
     assert report.loaded == report.total - 2 and report.skipped == {"head": "head.weight (7x512) not in the source"}
     x = torch.rand(1, 3, 112, 112)
@@ -274,7 +274,7 @@ def test_ir_se_file_with_wrapper_and_module_prefix_loads(tmp_path):
     embedding neck on a 7x7 map (end to end at 112 px: the plain IR test)."""
     ref = calibrated(Backbone(50, 0.0, "ir_se"))
     path = save(ref.state_dict(), tmp_path / "model_ir_se50.pth", prefix="module.", wrapper="state_dict")
-    net = create_model("ir50", num_classes=7, mode="ir_se", pretrained=str(path)).eval()
+    net = create_model("ir50", num_classes=7, mode="ir_se", neck="embedding", pretrained=str(path)).eval()
     assert net.load_report.loaded == net.load_report.total - 2
     x, seven = torch.rand(2, 3, 32, 32), torch.randn(2, 512, 7, 7)
     with torch.no_grad():
@@ -289,12 +289,12 @@ def test_poster_v2_split_body_loads_into_three_stages_and_a_full_file_drops_stag
     ref = calibrated(PosterV2Backbone())
     path = save(ref.state_dict(), tmp_path / "ir50.pth")
     net = create_model("ir50", num_classes=7, num_stages=3, neck="avg", pretrained=str(path)).eval()
-    assert net.load_report.dropped == {"neck": "12 tensors, no embedding neck in this network"}
+    assert net.load_report.dropped == {"output_layer": "12 tensors, no embedding neck in this network"}
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert_parity(net.forward_feature_map(x), ref(x)[2])
-    full = create_model("ir50", num_classes=7, num_stages=3, pretrained=str(ir_file[1]))
-    assert {k: v for k, v in full.load_report.dropped.items()} == {
+    full = create_model("ir50", num_classes=7, num_stages=3, neck="embedding", pretrained=str(ir_file[1]))
+    assert full.load_report.dropped == {
         f"body.{i}": f"{n} tensors, not used by this network" for i, n in ((21, 19), (22, 13), (23, 13))}
     assert set(full.load_report.skipped) == {"neck", "head"}  # 256 channels here, 512 in the file
 
@@ -309,7 +309,8 @@ def test_mobilefacenet_file_gives_the_references_map_and_embedding(layout, tmp_p
     size, name = (512, "model_mobilefacenet.pth") if layout == "insightface" else (136, "mobilefacenet_model_best.pth.tar")
     ref = calibrated(MobileFaceNet(size, poster=layout == "poster"))
     path = save(ref.state_dict(), tmp_path / name, wrapper="state_dict" if layout == "poster" else None)
-    net = create_model("mobilefacenet", num_classes=7, embedding_size=size, pretrained=str(path)).eval()
+    net = create_model("mobilefacenet", num_classes=7, neck="embedding", embedding_size=size,
+                       pretrained=str(path)).eval()
     assert net.load_report.loaded == net.load_report.total - 2 and list(net.load_report.skipped) == ["head"]
     x = torch.rand(2, 3, 112, 112)
     with torch.no_grad():
@@ -317,7 +318,7 @@ def test_mobilefacenet_file_gives_the_references_map_and_embedding(layout, tmp_p
         assert_parity(fmap, ref.feature_map(x))
         assert_parity(net.pool_features(fmap), ref(x))
     if layout == "poster":  # the default 512-d embedding: the 136-d landmark head does not fit, re-initialised
-        default = create_model("mobilefacenet", num_classes=7, pretrained=str(path))
+        default = create_model("mobilefacenet", num_classes=7, neck="embedding", pretrained=str(path))
         assert default.load_report.skipped["neck"] == "neck.2.weight is 512x512, 136x512 in the source (as " \
                                                       "output_layer.linear.weight)"
 
@@ -338,8 +339,8 @@ def test_a_file_of_another_face_backbone_is_one_line_naming_keys_shapes_and_the_
         create_model("ir50", num_classes=7, num_stages=1, pretrained=str(mfn))
 
 
-@pytest.mark.parametrize("name, kwargs, width", [("ir50", dict(embedding_size=64), 64), ("ir50", dict(neck="avg"), 512),
-                                                 ("mobilefacenet", dict(embedding_size=128), 128),
+@pytest.mark.parametrize("name, kwargs, width", [("ir50", dict(neck="embedding", embedding_size=64), 64), ("ir50", dict(neck="avg"), 512),
+                                                 ("mobilefacenet", dict(neck="embedding", embedding_size=128), 128),
                                                  ("mobilefacenet", dict(neck="avg"), 512)])
 def test_feature_map_surface(name, kwargs, width):
     """forward_features == pool_features(forward_feature_map), whose output is cam_layer's, feature_map_channels
@@ -360,14 +361,19 @@ def test_feature_map_surface(name, kwargs, width):
 
 def test_the_config_route_stores_the_load_report_for_metrics_json(tmp_path):
     """`ferlab train model=mobilefacenet model.pretrained=<file>` on gray 48x48 data: built through Hydra, the
-    report (stem adapted, head re-initialised) is what metrics.json stores under weights.pretrained."""
-    from ferlab.train import build, load_reports
+    report (stem adapted, head re-initialised, the GDC dropped by the default neck=avg) is what metrics.json stores
+    under weights.pretrained."""
+    from hydra.utils import instantiate
+
+    from ferlab.train import load_reports, model_config
 
     path = save(calibrated(MobileFaceNet(512)).state_dict(), tmp_path / "model_mobilefacenet.pth")
     cfg = compose_cfg(tmp_path, ["model=mobilefacenet", f"model.pretrained={path}"])
-    reports = load_reports(build(cfg)["model"].net, cfg)
+    reports = load_reports(instantiate(model_config(cfg.model)), cfg)  # as train.build makes the net
     assert reports["pretrained"]["adapted"] == ["body.conv1.conv.weight adapted from 3 to 1 input channels"]
     assert list(reports["pretrained"]["skipped"]) == ["head"] and reports["pretrained"]["source"] == str(path)
+    assert reports["pretrained"]["dropped"] == {
+        "conv_6_dw, linear, bn": "12 tensors, no embedding neck in this network"}
 
 
 # ---- timm files -------------------------------------------------------------------------------------------------
@@ -424,3 +430,19 @@ def test_a_pickled_whole_model_is_one_line_whose_conversion_works(enet, tmp_path
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert_parity(net(x), enet(x))
+
+
+@pytest.mark.parametrize("name, kwargs, fmt", [
+    ("ir50", dict(num_stages=2, neck="embedding", embedding_size=64), "torchscript"),
+    ("mobilefacenet", dict(neck="embedding"), "torchscript"), ("mobilefacenet", dict(neck="embedding"), "onnx")])
+def test_embedding_necks_export_at_112_px_with_parity(name, kwargs, fmt, tmp_path):
+    """The embedding necks on 112x112 RGB faces (maps 28x28 and 7x7 pooled to 7x7) export with a dynamic batch;
+    the default neck=avg exports with the zoo at 48 px (tests/test_export.py)."""
+    from ferlab.infer.export import export
+    from ferlab.lit.restore import Restored
+
+    torch.manual_seed(0)
+    net = create_model(name, in_chans=3, num_classes=7, **kwargs).eval()
+    restored = Restored(net, {"model": {}}, [f"c{i}" for i in range(7)], 3, 112, [0.5] * 3, [0.5] * 3, Path("x.ckpt"))
+    result = export(restored, fmt, tmp_path / "net", batches=(1, 2))
+    assert result.max_abs_diff <= 1e-4 and (tmp_path / "net").is_file()

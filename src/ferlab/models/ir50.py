@@ -4,9 +4,10 @@ TreB1eN/InsightFace_Pytorch (`model_ir_se50.pth`), which POSTER and POSTER++ loa
 One class; depth (`num_layers`), squeeze-excitation (`mode=ir_se`) and how many of the four stages are kept
 (`num_stages`; POSTER uses three) are arguments. A unit is BN -> 3x3 conv -> PReLU -> 3x3 conv (strided) -> BN
 [-> SE], added to a shortcut (a strided 1x1 max pool when the width stays, else a strided 1x1 conv + BN). The stem
-is a 3x3/1 conv (+BN, PReLU), so a 112x112 face leaves the fourth stage as a 7x7x512 map. The `neck` is the
-insightface embedding (`output_layer`: BN, dropout, flatten, linear 512*7*7 -> 512, BN1d) on that map, adaptively
-average-pooled to 7x7 first (the identity at 112 px, so other input sizes work too), or global average pooling.
+is a 3x3/1 conv (+BN, PReLU), so a 112x112 face leaves the fourth stage as a 7x7x512 map. The `neck` is global
+average pooling (the default: FER work such as POSTER uses the maps, not the identity embedding), or the insightface
+embedding (`output_layer`: BN, dropout, flatten, linear 512*7*7 -> 512, BN1d) on the map adaptively average-pooled
+to 7x7 (the identity at 112 px, so other input sizes work too); its BatchNorm1d needs batches of more than a few.
 Module names follow the file: `stem` = input_layer, `body.<i>` = body.<i> (every unit, flat), `neck` = output_layer.
 """
 
@@ -71,14 +72,14 @@ class IRNet(FERNet):
         num_layers: 50, 100 or 152 (units per stage: see UNITS).
         mode: "ir" or "ir_se" (squeeze-excitation in every unit).
         num_stages: keep the first 1-4 stages (POSTER and POSTER++ use 3: a 14x14x256 map at 112 px).
-        neck: "embedding" (insightface's output_layer, `embedding_size` wide, after pooling the map to 7x7) or
-            "avg" (global average pooling; num_features = the last stage's channels).
+        neck: "avg" (global average pooling; num_features = the last stage's channels) or "embedding"
+            (insightface's output_layer, `embedding_size` wide, after pooling the map to 7x7).
         neck_drop_rate: the embedding neck's dropout (insightface `drop_ratio`).
         drop_rate: dropout on the pooled features before the head.
     """
 
     def __init__(self, *, num_layers: int = 50, mode: str = "ir", num_stages: int = 4, in_chans: int = 3,
-                 num_classes: int = 1000, neck: str = "embedding", embedding_size: int = 512,
+                 num_classes: int = 1000, neck: str = "avg", embedding_size: int = 512,
                  neck_drop_rate: float = 0.0, drop_rate: float = 0.0) -> None:
         super().__init__()
         if num_layers not in UNITS:
@@ -116,10 +117,10 @@ class IRNet(FERNet):
 
 @register_model
 def ir50(*, in_chans: int = 3, num_classes: int = 1000, pretrained: str | None = None, num_layers: int = 50,
-         mode: str = "ir", num_stages: int = 4, neck: str = "embedding", embedding_size: int = 512,
+         mode: str = "ir", num_stages: int = 4, neck: str = "avg", embedding_size: int = 512,
          neck_drop_rate: float = 0.0, drop_rate: float = 0.0) -> IRNet:
-    """IR-50 (insightface layout; 43.6 M parameters with the embedding neck): `num_layers` 100/152 and
-    `mode=ir_se` give the other insightface nets. `pretrained`: null or a file in insightface's layout
+    """IR-50 (insightface layout; 30.7 M parameters before the head, 43.6 M with the embedding neck): `num_layers`
+    100/152 and `mode=ir_se` give the other insightface nets. `pretrained`: null or a file in insightface's layout
     (InsightFace_Pytorch's model_ir_se50.pth, POSTER's ir50.pth; see models.face_weights)."""
     net = IRNet(num_layers=num_layers, mode=mode, num_stages=num_stages, in_chans=in_chans, num_classes=num_classes,
                 neck=neck, embedding_size=embedding_size, neck_drop_rate=neck_drop_rate, drop_rate=drop_rate)

@@ -2,8 +2,9 @@
 
 Loading is separate from building (as torchvision's weights API and timm's `_builder`/`_manipulate`): a builder
 makes the network, then `load_pretrained(net, pretrained, ...)` fetches a state dict (torchvision's
-IMAGENET1K_V1 entry through its weights API and the torch hub cache, or a .pth/.pt/.safetensors file), renames
-torchvision's keys to ferlab's modules and calls `load_weights`, which `init_from` uses too.
+IMAGENET1K_V1 entry through its weights API and the torch hub cache, or a .pth/.pt/.bin/.tar/.safetensors file),
+renames the file's keys (torchvision's, or a face-recognition layout's: models.face_weights) to ferlab's modules
+and calls `load_weights`, which `init_from` uses too.
 
 `load_weights`, per top-level module of the network:
 - a tensor whose name and shape match is copied;
@@ -92,7 +93,8 @@ def _channels_only(source: Tensor, target: Tensor) -> bool:
             and source.shape[2:] == target.shape[2:] and source.shape[1] != target.shape[1])
 
 
-def _shape(t: Tensor) -> str:
+def shape_of(t: Tensor) -> str:
+    """'64x3x7x7' ('scalar' for a 0-d tensor), as the load reports and misfit lines write shapes."""
     return "x".join(map(str, t.shape)) or "scalar"
 
 
@@ -107,7 +109,7 @@ def _compare(target: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], nam
         if theirs is None and key.endswith(".num_batches_tracked"):  # files from before PyTorch 0.4.1 lack it
             report.total -= 1
         elif theirs is None:
-            problems.append((key.split(".")[0], f"{key} ({_shape(mine)}) not in the source"))
+            problems.append((key.split(".")[0], f"{key} ({shape_of(mine)}) not in the source"))
         elif theirs.shape == mine.shape:
             copied[key] = theirs
         elif _channels_only(theirs, mine):
@@ -115,8 +117,8 @@ def _compare(target: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], nam
             report.adapted.append(f"{key} adapted from {theirs.shape[1]} to {mine.shape[1]} input channels")
         else:
             as_named = f" (as {named(key)})" if named(key) != key else ""
-            problems.append((key.split(".")[0], f"{key} is {_shape(mine)}, {_shape(theirs)} in the source{as_named}"))
-    problems += [(key.split(".")[0], f"source tensor {named(key)} ({_shape(theirs)}) has no place here")
+            problems.append((key.split(".")[0], f"{key} is {shape_of(mine)}, {shape_of(theirs)} in the source{as_named}"))
+    problems += [(key.split(".")[0], f"source tensor {named(key)} ({shape_of(theirs)}) has no place here")
                  for key, theirs in state_dict.items() if key not in target]
     return copied, problems
 
@@ -128,13 +130,17 @@ def load_weights(net: nn.Module, state_dict: Mapping[str, Tensor], source: str,
     prefixes left out before the load (-> why), for the report."""
     target = net.state_dict()
     report = LoadReport(source=source, total=len(target), dropped=dict(dropped or {}))
-    copied, problems = _compare(target, state_dict, lambda k: (origin or {}).get(k, k), report)
+    def named(key: str) -> str:
+        return (origin or {}).get(key, key)
+
+    copied, problems = _compare(target, state_dict, named, report)
     modules = {k.split(".")[0] for k in target}
     for module in dict.fromkeys(m for m, _ in problems if m in OPTIONAL):
         found = [text for m, text in problems if m == module]
         problems = [(m, text) for m, text in problems if m != module]
         if module not in modules:  # e.g. a face-recognition neck the network was built without
-            report.dropped[module] = f"{len(found)} tensors, no {OPTIONAL[module]} in this network"
+            theirs = dict.fromkeys(named(k).split(".")[0] for k in state_dict if k.split(".")[0] == module)
+            report.dropped[", ".join(theirs)] = f"{len(found)} tensors, no {OPTIONAL[module]} in this network"
             continue
         report.skipped[module] = found[0]
         copied = {k: v for k, v in copied.items() if k.split(".")[0] != module}

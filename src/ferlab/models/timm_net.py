@@ -27,7 +27,7 @@ from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.face_weights import timm_state_dict
 from ferlab.models.layers import check_rate
-from ferlab.models.pretrained import SUFFIXES, LoadReport, misfit, read_state_dict
+from ferlab.models.pretrained import SUFFIXES, LoadReport, misfit, read_state_dict, shape_of
 from ferlab.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -161,19 +161,17 @@ def _file_overlay(timm: Any, name: str, pretrained: Any) -> dict[str, Any]:
     return dict(state_dict=state, num_classes=classes, source=None)  # source: not the hub, even where timm says so
 
 
-def _mismatch(timm: Any, name: str, state: dict[str, Tensor], in_chans: int) -> str:
-    """The first names (and shapes) that differ between a weight file and the architecture."""
+def _mismatch(timm: Any, name: str, state: dict[str, Tensor]) -> str:
+    """The first names (and shapes) that differ between a weight file and the architecture (as timm builds it for
+    the file: 3 channels; the classifier, which timm re-initialises when its size differs, left out)."""
     with torch.device("meta"):
-        mine = timm.create_model(name, in_chans=in_chans).state_dict()
-    found = [f"{k} ({_shape(v)}) not in the file" for k, v in mine.items() if k not in state]  # stem first
-    found += [f"{k} is {_shape(v)}, {_shape(state[k])} in the file" for k, v in mine.items()
-              if k in state and state[k].shape != v.shape and k.split(".")[0] not in ("classifier", "head", "fc")]
-    found += [f"file tensor {k} ({_shape(v)}) has no place here" for k, v in state.items() if k not in mine]
+        mine = timm.create_model(name).state_dict()
+    head = f"{_classifier(timm, name)}."
+    found = [f"{k} ({shape_of(v)}) not in the file" for k, v in mine.items() if k not in state]  # stem first
+    found += [f"{k} is {shape_of(v)}, {shape_of(state[k])} in the file" for k, v in mine.items()
+              if k in state and state[k].shape != v.shape and not k.startswith(head)]
+    found += [f"file tensor {k} ({shape_of(v)}) has no place here" for k, v in state.items() if k not in mine]
     return misfit(found)
-
-
-def _shape(t: Tensor) -> str:
-    return "x".join(map(str, t.shape)) or "scalar"
 
 
 def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_classes: int) -> LoadReport:
@@ -230,7 +228,7 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
             raise FerlabError(f"model.pretrained=true: timm cannot fetch {name}'s weights ({reason}); "
                               f"{_offline_hint(lib, name)}") from None
         if pretrained:
-            reason = _mismatch(lib, name, weights["state_dict"], in_chans) or reason
+            reason = _mismatch(lib, name, weights["state_dict"]) or reason
             raise FerlabError(f"{pretrained} does not fit timm {name}: {reason}") from None
         raise FerlabError(f"model=timm {name}: {reason}") from None
     body.pretrained_cfg.pop("state_dict", None)  # the file's tensors: not kept twice (nor deep-copied with the net)
