@@ -285,7 +285,8 @@ def test_ir_se_file_with_wrapper_and_module_prefix_loads(tmp_path):
 
 def test_poster_v2_split_body_loads_into_three_stages_and_a_full_file_drops_stage_four(ir_file, tmp_path):
     """POSTER++'s body1/body2/body3 file into num_stages=3 (its 14x14x256 map at 112 px; its output_layer has no
-    place with neck=avg); InsightFace_Pytorch's 4-stage file into the same net: stage 4 dropped, reported."""
+    place with neck=avg), into the default 4 stages: one line saying so; InsightFace_Pytorch's 4-stage file into
+    3 stages: stage 4 dropped, reported."""
     ref = calibrated(PosterV2Backbone())
     path = save(ref.state_dict(), tmp_path / "ir50.pth")
     net = create_model("ir50", num_classes=7, num_stages=3, neck="avg", pretrained=str(path)).eval()
@@ -293,6 +294,9 @@ def test_poster_v2_split_body_loads_into_three_stages_and_a_full_file_drops_stag
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert_parity(net.forward_feature_map(x), ref(x)[2])
+    with pytest.raises(FerlabError, match=r"body.21.shortcut_layer.0.weight \(512x256x1x1\) not in the source; .*"
+                                          r"the file has 3 stages: set model.num_stages=3$"):
+        create_model("ir50", num_classes=7, neck="avg", pretrained=str(path))
     full = create_model("ir50", num_classes=7, num_stages=3, neck="embedding", pretrained=str(ir_file[1]))
     assert full.load_report.dropped == {
         f"body.{i}": f"{n} tensors, not used by this network" for i, n in ((21, 19), (22, 13), (23, 13))}

@@ -13,6 +13,10 @@ Module names follow the file: `stem` = input_layer, `body.<i>` = body.<i> (every
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from itertools import accumulate
+
 from torch import Tensor, nn
 
 from ferlab.errors import FerlabError
@@ -113,6 +117,14 @@ class IRNet(FERNet):
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
         return self.pool_features(self.forward_feature_map(x))
+
+    def misfit_hint(self, state: Mapping[str, Tensor]) -> str:
+        """For a misfit line: 'set model.num_stages=N' when the file (in ferlab's names) ends after stage N."""
+        units = 1 + max((int(k.split(".")[1]) for k in state if re.match(r"body\.\d+\.", k)), default=-1)
+        ends = list(accumulate(self.layout_units))
+        if units < len(self.body) and units in ends:
+            return f"the file has {ends.index(units) + 1} stages: set model.num_stages={ends.index(units) + 1}"
+        return ""
 
 
 @register_model

@@ -177,7 +177,11 @@ LAYOUTS = {"input_layer.": ("IRNet", "model=ir50 (insightface IR layout)"),
 
 
 def _layout_hint(state_dict: Mapping[str, Tensor], net: nn.Module) -> str:
-    """'; it looks like ... ' when the source's keys are a layout another ferlab model reads."""
+    """'; the file looks like ...' when the source's keys are a layout another ferlab model reads, or the net's
+    own hint (`misfit_hint(state_dict)`, e.g. IRNet: how many stages the file has)."""
+    own = getattr(net, "misfit_hint", None)
+    if own is not None and own(state_dict):
+        return f"; {own(state_dict)}"
     for prefix, (cls, model) in LAYOUTS.items():
         if any(k.startswith(prefix) for k in state_dict) and type(net).__name__ != cls:
             return f"; the file looks like {model}"
