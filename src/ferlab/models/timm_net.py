@@ -174,12 +174,15 @@ def _mismatch(timm: Any, name: str, state: dict[str, Tensor]) -> str:
     return misfit(found)
 
 
-def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_classes: int) -> LoadReport:
+def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_classes: int,
+            state: dict[str, Tensor] | None = None) -> LoadReport:
     """What timm's loader did, by its rules: classifier re-initialised when the class count differs from the
-    weights' (a file without a classifier has 0), first conv adapted when the channel count differs."""
+    weights' (a file without a classifier has 0), first conv adapted when the channel count differs; batch norm
+    counters a file (`state`) lacks are not counted, as in models.pretrained.load_weights."""
     cfg = net.body.pretrained_cfg
     source = f"timm {name} ({cfg.get('hf_hub_id') or cfg.get('url')})" if pretrained is True else str(pretrained)
-    total = len(net.state_dict())
+    counters = [k for k in net.body.state_dict() if k.endswith(".num_batches_tracked")]
+    total = len(net.state_dict()) - (0 if state is None else len([k for k in counters if k not in state]))
     report = LoadReport(source=source, loaded=total, total=total)
     src_chans = (cfg.get("input_size") or (3,))[0]
     if in_chans != src_chans and cfg.get("first_conv"):
@@ -234,6 +237,7 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
     body.pretrained_cfg.pop("state_dict", None)  # the file's tensors: not kept twice (nor deep-copied with the net)
     net = TimmNet(body, drop_rate)
     if pretrained:
-        net.load_report = _report(net, name, pretrained, in_chans, num_classes)
+        state = weights["state_dict"] if isinstance(weights, dict) else None
+        net.load_report = _report(net, name, pretrained, in_chans, num_classes, state)
         log.info("weights %s", net.load_report.summary())
     return net
