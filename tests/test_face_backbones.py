@@ -343,6 +343,15 @@ def test_a_file_of_another_face_backbone_is_one_line_naming_keys_shapes_and_the_
         create_model("ir50", num_classes=7, num_stages=1, pretrained=str(mfn))
 
 
+@pytest.mark.parametrize("name, kwargs, words", [
+    ("ir50", dict(num_layers=34), "num_layers=34 is not one of: 50, 100, 152"),
+    ("ir50", dict(num_stages=0), "num_stages=0 must be in 1..4"), ("ir50", dict(mode="se"), "mode='se' is not one of"),
+    ("mobilefacenet", dict(neck="gdc"), "neck='gdc' is not one of: avg, embedding")])
+def test_bad_arguments_are_one_line(name, kwargs, words):
+    with pytest.raises(FerlabError, match=re.escape(f"model argument {words}")):
+        create_model(name, in_chans=1, num_classes=7, **kwargs)
+
+
 @pytest.mark.parametrize("name, kwargs, width", [("ir50", dict(neck="embedding", embedding_size=64), 64), ("ir50", dict(neck="avg"), 512),
                                                  ("mobilefacenet", dict(neck="embedding", embedding_size=128), 128),
                                                  ("mobilefacenet", dict(neck="avg"), 512)])

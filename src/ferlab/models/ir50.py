@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
 from ferlab.models.face_weights import ir_names
-from ferlab.models.layers import check_choice, check_rate
+from ferlab.models.layers import check_choice, check_positive, check_rate
 from ferlab.models.pretrained import load_pretrained
 from ferlab.models.registry import register_model
 
@@ -91,6 +91,7 @@ class IRNet(FERNet):
         check_choice("mode", mode, ("ir", "ir_se"))
         check_choice("neck", neck, NECKS)
         check_rate(neck_drop_rate=neck_drop_rate)
+        check_positive(embedding_size=embedding_size)
         if not 1 <= num_stages <= 4:
             raise FerlabError(f"model argument num_stages={num_stages} must be in 1..4")
         self.layout_units = UNITS[num_layers]  # the file's stages, kept for the renames of face_weights
