@@ -124,6 +124,8 @@ ZOO = {
     "deep_emotion": [],  # spatial transformer: affine_grid + grid_sample need opset 20
     "cliquenet": ["model.channels=8", "model.stem_channels=16", "model.layers=3"],
     "vgg_fer": ["model.channels=[8,8,16,16,16]", "model.hidden=[16,16]"],
+    "ir50": ["model.num_stages=2"],  # the first two of IR-50's four stages (1.2 M parameters)
+    "mobilefacenet": [],
 }
 
 

@@ -95,7 +95,8 @@ def test_file_of_another_family_fails_in_one_line_naming_keys(tv):
         create_model("vgg11_bn", in_chans=3, num_classes=7, hidden=[8], pool_size=1, pretrained=str(tv["resnet18"][1]))
     message = str(err.value)
     assert "\n" not in message and "resnet18.pth does not fit VGG" in message
-    assert "stages.0.convs.0.weight not in the source" in message and "more)" in message
+    assert "stages.0.convs.0.weight (64x3x3x3) not in the source" in message and "more)" in message
+    assert "source tensor conv1.weight (64x3x7x7) has no place here" in message and message.endswith("ResNet layout)")
 
 
 @pytest.mark.parametrize("value, match", [("missing.pth", "no such file"), ("weights.npz", "expected imagenet"),

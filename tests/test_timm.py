@@ -61,7 +61,7 @@ def test_unknown_name_wrong_file_and_offline_download_are_one_line(timm_file, tm
         create_model("timm", name="test_convnext", pretrained=str(timm_file[1]))
     message = str(err.value)
     assert "\n" not in message and "test_efficientnet.safetensors does not fit timm test_convnext" in message
-    assert "stem.0.weight not in the file" in message
+    assert "stem.0.weight (24x3x4x4) not in the file" in message
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(FerlabError) as err:

@@ -4,7 +4,17 @@ Every model is a `ferlab.models.base.FERNet`: `forward_features(x) -> (B, num_fe
 `head_drop` + `head` (linear), `cam_layer`; built from `conf/model/<name>.yaml` (registry name = YAML name).
 """
 
-from ferlab.models import cliquenet, deep_emotion, mini_xception, resnet, small, timm_net, vgg  # noqa: F401
+from ferlab.models import (  # noqa: F401
+    cliquenet,
+    deep_emotion,
+    ir50,
+    mini_xception,
+    mobilefacenet,
+    resnet,
+    small,
+    timm_net,
+    vgg,
+)
 from ferlab.models.base import FERNet
 from ferlab.models.registry import create_model, list_models, register_model
 

@@ -1,8 +1,10 @@
 """Any timm architecture as a zoo model (`model=timm model.name=convnext_nano`), with timm's pretrained loading.
 
-timm builds the network (`in_chans`, `num_classes`, weights: its hub download and cache, or a file through
-`pretrained_cfg_overlay=dict(file=...)`, so channel and classifier adaptation are timm's own); ferlab takes its
-linear classifier as the FERNet `head` and asks timm for the pooled pre-logits as `forward_features`.
+timm builds the network (`in_chans`, `num_classes`, weights: its hub download and cache, or a local file that
+ferlab reads weights-only, unwraps (models.pretrained.read_state_dict, models.face_weights.timm_state_dict) and
+hands to timm as `pretrained_cfg_overlay=dict(state_dict=..., num_classes=<the file's>)`, so the checkpoint filter,
+channel and classifier adaptation are timm's own); ferlab takes its linear classifier as the FERNet `head` and asks
+timm for the pooled pre-logits as `forward_features`.
 
 Grad-CAM's `cam_layer`: convolutional nets expose their last feature map (B, C, h, w); ViT-style nets (patch
 tokens plus prefix tokens) expose the patch tokens entering the last block, laid out on the patch grid: the
@@ -23,8 +25,9 @@ from torch import Tensor, nn
 
 from ferlab.errors import FerlabError
 from ferlab.models.base import FERNet
+from ferlab.models.face_weights import timm_state_dict
 from ferlab.models.layers import check_rate
-from ferlab.models.pretrained import SUFFIXES, LoadReport, read_state_dict
+from ferlab.models.pretrained import SUFFIXES, LoadReport, misfit, read_state_dict, shape_of
 from ferlab.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -124,38 +127,70 @@ def _offline_hint(timm: Any, name: str) -> str:
     return "timm lists no weights for it: use model.pretrained=null or a file"
 
 
-def _create(timm: Any, name: str, pretrained: bool | str | None, img_size: int | None, **kwargs: Any) -> nn.Module:
-    """timm.create_model with timm's pretrained path; img_size only for architectures that take it."""
-    if isinstance(pretrained, str):
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(Path(pretrained).expanduser()))
+def _create(timm: Any, name: str, weights: bool | dict | None, img_size: int | None, **kwargs: Any) -> nn.Module:
+    """timm.create_model with timm's pretrained path (True: its download; a dict: a pretrained_cfg overlay holding
+    the file's state dict); img_size only for architectures that take it."""
+    if isinstance(weights, dict):
+        kwargs["pretrained_cfg_overlay"] = weights
     try:
-        return timm.create_model(name, pretrained=bool(pretrained), img_size=img_size, **kwargs)
+        return timm.create_model(name, pretrained=bool(weights), img_size=img_size, **kwargs)
     except TypeError as e:
         if "img_size" not in str(e):
             raise FerlabError(f"model=timm {name}: {e}") from None
-    return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    return timm.create_model(name, pretrained=bool(weights), **kwargs)
 
 
-def _mismatch(timm: Any, name: str, path: str, in_chans: int) -> str:
-    """The first names that differ between a weight file and the architecture."""
-    keys, theirs = list(timm.create_model(name, in_chans=in_chans).state_dict()), list(read_state_dict(path))
-    found = [f"{k} not in the file" for k in keys if k not in theirs]  # in the network's order: stem first
-    found += [f"file tensor {k} has no place here" for k in theirs if k not in keys]
-    return "; ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+def _classifier(timm: Any, name: str) -> str:
+    """timm's name of the architecture's classifier module (pretrained_cfg "classifier"; built on the meta device
+    when the name has no registered cfg, e.g. a deprecated alias such as tf_efficientnet_b2_ns)."""
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    found = cfg.classifier if cfg is not None else None
+    if found is None:
+        with torch.device("meta"):
+            found = timm.create_model(name).pretrained_cfg.get("classifier")
+    return (found if isinstance(found, str) else (found or ("classifier",))[0]) or "classifier"
 
 
-def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_classes: int) -> LoadReport:
+def _file_overlay(timm: Any, name: str, pretrained: Any) -> dict[str, Any]:
+    """The pretrained_cfg overlay that loads the file `pretrained` through timm's own path (its checkpoint filter,
+    first-conv and classifier adaptation): the file's state dict in timm's names, its class count as num_classes."""
+    path = Path(str(pretrained)).expanduser()
+    if path.suffix not in SUFFIXES or not path.is_file():
+        raise FerlabError(f"model.pretrained={pretrained}: expected null, true or an existing {', '.join(SUFFIXES)} file")
+    state, classes = timm_state_dict(read_state_dict(path), _classifier(timm, name))
+    return dict(state_dict=state, num_classes=classes, source=None)  # source: not the hub, even where timm says so
+
+
+def _mismatch(timm: Any, name: str, state: dict[str, Tensor]) -> str:
+    """The first names (and shapes) that differ between a weight file and the architecture (as timm builds it for
+    the file: 3 channels; the classifier, which timm re-initialises when its size differs, left out)."""
+    with torch.device("meta"):
+        mine = timm.create_model(name).state_dict()
+    head = f"{_classifier(timm, name)}."
+    found = [f"{k} ({shape_of(v)}) not in the file" for k, v in mine.items() if k not in state]  # stem first
+    found += [f"{k} is {shape_of(v)}, {shape_of(state[k])} in the file" for k, v in mine.items()
+              if k in state and state[k].shape != v.shape and not k.startswith(head)]
+    found += [f"file tensor {k} ({shape_of(v)}) has no place here" for k, v in state.items() if k not in mine]
+    return misfit(found)
+
+
+def _report(net: TimmNet, name: str, pretrained: bool | str, in_chans: int, num_classes: int,
+            state: dict[str, Tensor] | None = None) -> LoadReport:
     """What timm's loader did, by its rules: classifier re-initialised when the class count differs from the
-    weights' dataset, first conv adapted when the channel count differs."""
+    weights' (a file without a classifier has 0), first conv adapted when the channel count differs; batch norm
+    counters a file (`state`) lacks are not counted, as in models.pretrained.load_weights."""
     cfg = net.body.pretrained_cfg
     source = f"timm {name} ({cfg.get('hf_hub_id') or cfg.get('url')})" if pretrained is True else str(pretrained)
-    total = len(net.state_dict())
+    counters = [k for k in net.body.state_dict() if k.endswith(".num_batches_tracked")]
+    total = len(net.state_dict()) - (0 if state is None else len([k for k in counters if k not in state]))
     report = LoadReport(source=source, loaded=total, total=total)
     src_chans = (cfg.get("input_size") or (3,))[0]
     if in_chans != src_chans and cfg.get("first_conv"):
         report.adapted.append(f"{cfg['first_conv']} adapted from {src_chans} to {in_chans} input channels")
-    if num_classes != cfg.get("num_classes", num_classes):
-        report.skipped["head"] = f"{num_classes} classes here, {cfg['num_classes']} in the source"
+    theirs = cfg.get("num_classes", num_classes)
+    if num_classes != theirs:
+        report.skipped["head"] = (f"{num_classes} classes here, {theirs} in the source" if theirs
+                                  else "the source has no classifier")
         report.loaded -= 2  # the classifier's weight and bias
     return report
 
@@ -170,8 +205,9 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
          drop_path_rate: float | None = None, model_kwargs: dict | None = None) -> TimmNet:
     """Any timm architecture by `name` (a pretrained tag like `convnext_nano.in12k_ft_in1k` may follow a dot).
 
-    pretrained: null (random init), true (timm's default weights: its hub download and cache) or a weight file
-        loaded through timm's pretrained path (channel and classifier adaptation by timm).
+    pretrained: null (random init), true (timm's default weights: its hub download and cache) or a weight file (a
+        state dict, wrapped or prefixed as models.pretrained.read_state_dict takes them) loaded through timm's
+        pretrained path (checkpoint filter, channel and classifier adaptation by timm).
     img_size: the data's image size, passed to architectures that take one (ViT, Swin: patch grid and
         position embeddings follow it); others ignore it.
     drop_rate: dropout before the head; drop_path_rate: timm's stochastic depth (null: timm's default).
@@ -183,14 +219,10 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
     if loading:  # weights come only through model.pretrained (and a checkpoint's model_kwargs never name a file)
         raise FerlabError(f"model.model_kwargs.{loading[0]}: weights are loaded through model.pretrained=<file>, "
                           "not through timm.create_model's own arguments")
-    if pretrained is not None and not isinstance(pretrained, bool):
-        path = Path(str(pretrained)).expanduser()
-        if path.suffix not in SUFFIXES or not path.is_file():
-            raise FerlabError(f"model.pretrained={pretrained}: expected null, true or an existing "
-                              f"{', '.join(SUFFIXES)} file")
+    weights = pretrained if pretrained is None or isinstance(pretrained, bool) else _file_overlay(lib, name, pretrained)
     kwargs = dict(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
     try:
-        body = _create(lib, name, pretrained or None, img_size, **kwargs)
+        body = _create(lib, name, weights or None, img_size, **kwargs)
     except FerlabError:
         raise
     except Exception as e:  # offline, missing cache, or a file of another network (timm loads strictly)
@@ -199,11 +231,13 @@ def timm(*, name: str = "efficientnet_b0", in_chans: int = 3, num_classes: int =
             raise FerlabError(f"model.pretrained=true: timm cannot fetch {name}'s weights ({reason}); "
                               f"{_offline_hint(lib, name)}") from None
         if pretrained:
-            reason = _mismatch(lib, name, str(pretrained), in_chans) or reason
+            reason = _mismatch(lib, name, weights["state_dict"]) or reason
             raise FerlabError(f"{pretrained} does not fit timm {name}: {reason}") from None
         raise FerlabError(f"model=timm {name}: {reason}") from None
+    body.pretrained_cfg.pop("state_dict", None)  # the file's tensors: not kept twice (nor deep-copied with the net)
     net = TimmNet(body, drop_rate)
     if pretrained:
-        net.load_report = _report(net, name, pretrained, in_chans, num_classes)
+        state = weights["state_dict"] if isinstance(weights, dict) else None
+        net.load_report = _report(net, name, pretrained, in_chans, num_classes, state)
         log.info("weights %s", net.load_report.summary())
     return net
