@@ -33,8 +33,7 @@ class TrackedWandbLogger(WandbLogger):
         run = self.experiment  # wandb.init: a new run, or the stored one continued (resume="allow")
         run.config.update(config, allow_val_change=True)
         self._id = run.id
-        trackers.store_run(run_dir, KIND, {"id": run.id, "project": run.project, "mode": self._wandb_init.get("mode"),
-                                           "dir": run.dir})
+        trackers.store_run(run_dir, KIND, {"id": run.id, "project": run.project, "mode": self._wandb_init.get("mode")})
 
     def close(self, outcome: trackers.Outcome) -> None:
         """The run's files (a finished run) and the Optuna trial's state, then the exit code."""
