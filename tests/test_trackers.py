@@ -206,6 +206,9 @@ def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensor
         tested = {k: v for row in wb["history"] for k, v in row.items() if k.startswith("test/")}
         assert tested == metrics["test"]
         assert {"dev", f"optuna.trial={job.name}", f"optuna.state={state}"} <= set(wb["tags"])
+        kept = {p.relative_to(log.parent / "files").as_posix() for p in (log.parent / "files").rglob("*") if p.is_file()}
+        assert kept >= (COMPLETE_FILES if state == "complete" else {f for f in COMPLETE_FILES if "eval" not in f})
+        assert (log.parent / "files" / "metrics.json").read_bytes() == (job / "metrics.json").read_bytes()
 
 
 def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_continues_the_same_runs(
@@ -227,7 +230,8 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_contin
     client = MlflowClient(server)
     assert client.get_run(stored["mlflow"]["run_id"]).info.status == "KILLED"
     (first,) = _offline_runs(run)
-    assert _wandb_run(_wandb_records(first))["exit"] == 128 + signal.SIGINT  # W&B: failed, with the stop's status
+    stopped = _wandb_run(_wandb_records(first))
+    assert stopped["exit"] == 128 + signal.SIGINT  # W&B: failed, with the stop's status
 
     metrics = run_train(make_cfg(*common, f"ckpt_path={run}", "logger.mlflow.log_model=true",
                                  f"paths.output_dir={tmp_path / 'resumer'}", fast=False))
@@ -240,8 +244,9 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_contin
     assert len(only.data.params["tags"]) == 6000 and only.data.params["tags"].endswith("...")
     assert [a.path for a in client.list_artifacts(only.info.run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
 
-    logs = [_wandb_run(_wandb_records(p)) for p in _offline_runs(run)]  # offline: one folder per attempt
-    assert len(logs) == 2 and {w["run"]["run_id"] for w in logs} == {stored["wandb"]["id"]}
+    (second,) = [p for p in _offline_runs(run) if p != first]  # offline: one folder per attempt
+    logs = [stopped, _wandb_run(_wandb_records(second))]
+    assert {w["run"]["run_id"] for w in logs} == {stored["wandb"]["id"]}
     assert sorted(w["exit"] for w in logs) == [0, 128 + signal.SIGINT]
     epochs = {**_epochs(logs[0]["history"], "val/acc"), **_epochs(logs[1]["history"], "val/acc")}
     assert epochs == {row["epoch"]: row["val/acc"] for row in metrics["history"]}
@@ -257,6 +262,22 @@ def test_a_tracking_server_that_is_down_costs_one_warning_and_the_run_logs_local
     assert len(warnings) == 1 and url in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
     assert metrics["epochs"] == 1 and (run / "metrics.json").is_file() and not (run / "trackers.json").exists()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # the curves, locally
+
+
+def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, caplog, monkeypatch):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    def refused(self, metrics, step=None):  # what MLflow raises once its retries against a dead server are spent
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    cfg = make_cfg("logger=mlflow", "test=false")  # the local store, reached at the start
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", refused)
+    with caplog.at_level("WARNING"):
+        metrics = run_train(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ferlab")]
+    store = json.loads((Path(cfg.paths.output_dir) / "trackers.json").read_text())["mlflow"]["tracking_uri"]
+    assert len(warnings) == 1 and store in warnings[0] and "Connection refused" in warnings[0]
+    assert metrics["epochs"] == 1 and (Path(cfg.paths.output_dir) / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("package", ["mlflow", "wandb"])

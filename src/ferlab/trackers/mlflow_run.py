@@ -86,9 +86,25 @@ class TrackedMLFlowLogger(MLFlowLogger):
     def __init__(self, *, log_best: bool, run_dir: Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.log_best, self.run_dir = log_best, run_dir
+        self.lost = False  # the tracker stopped answering during the run: the rest is logged locally only
 
     def describe(self) -> str:
         return f"MLflow at {self._tracking_uri}"
+
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        if self.lost:
+            return
+        try:
+            super().log_metrics(metrics, step)
+        except Exception as e:  # a server gone during the run (after MLflow's own retries) must not end it
+            self.lost = True
+            trackers.warn(f"MLflow at {self._tracking_uri} stopped answering at step {step} ({trackers.one_line(e)}):"
+                          f" the rest of this run was logged locally only ({self.run_dir})")
+
+    def finalize(self, status: str = "success") -> None:
+        if not self.lost:  # Lightning's end of fit or test; a failure there is met again (and reported) at `close`
+            with contextlib.suppress(Exception):
+                super().finalize(status)
 
     def begin(self, params: dict[str, Any], tags: dict[str, str], continued: bool) -> None:
         """Start (or continue) the run; log the params it does not have yet and the tags; keep its id."""
@@ -113,6 +129,8 @@ class TrackedMLFlowLogger(MLFlowLogger):
 
     def close(self, outcome: trackers.Outcome) -> None:
         """The run's files as artifacts (a finished run), the Optuna trial's state, then the status."""
+        if self.lost:
+            return
         client, run_id = self.experiment, self.run_id
         if outcome.metrics is not None:
             for name, folder in trackers.ARTIFACTS.items():
@@ -160,25 +178,29 @@ def mlflow_logger(*, tracking_uri: str, experiment_name: str, run_dir: str, run_
     store = local_store(uri)
     if artifact_location is None and store is not None:
         artifact_location = (store.parent / "mlartifacts").as_uri()
+    session = trackers.current()
     try:
-        with _no_retries():
+        with _no_retries():  # the first contact answers in seconds, also when nothing listens
             client = MlflowClient(uri)
             _experiment(client, experiment_name, artifact_location)
             run_id = _continued_run(client, out, uri, ckpt_path)
+            logger = TrackedMLFlowLogger(log_best=bool(log_model), run_dir=out, experiment_name=experiment_name,
+                                         run_name=run_name or trackers.run_name(out), tracking_uri=uri,
+                                         run_id=run_id, artifact_location=artifact_location)
+            if session is None or rank_zero_only.rank != 0:  # outside `ferlab train` Lightning starts the run
+                return logger  # when it logs; on other ranks it is an inert stand-in (Lightning logs from rank 0)
+            logger.begin(trackers.flat_params(trackers.resolved(session.cfg)), _tags(out, tags),
+                         continued=run_id is not None)
     except Exception as e:
-        trackers.warn(f"MLflow tracking server {uri} not reachable ({trackers.one_line(e)}): this run was logged "
-                      f"locally only ({out})")
+        trackers.warn(f"MLflow at {uri} not reachable ({trackers.one_line(e)}): this run was logged locally only "
+                      f"({out})")
         return None
-    logger = TrackedMLFlowLogger(log_best=bool(log_model), run_dir=out, experiment_name=experiment_name,
-                                 run_name=run_name or trackers.run_name(out), tracking_uri=uri, run_id=run_id,
-                                 artifact_location=artifact_location)
-    if rank_zero_only.rank != 0:  # Lightning logs from rank 0 only; other ranks get its inert stand-in
-        return logger
-    session = trackers.current()
-    config = trackers.resolved(session.cfg) if session is not None else {}
-    marks = trackers.run_tags(out, tags)
-    if "ferlab.commit" in marks:  # where MLflow's UI shows a run's source version
-        marks["mlflow.source.git.commit"] = marks["ferlab.commit"].removesuffix("+modified")
-    logger.begin(trackers.flat_params(config), marks, continued=run_id is not None)
     trackers.started(logger)
     return logger
+
+
+def _tags(run_dir: Path, labels: Any) -> dict[str, str]:
+    tags = trackers.run_tags(run_dir, labels)
+    if "ferlab.commit" in tags:  # where MLflow's UI shows a run's source version
+        tags["mlflow.source.git.commit"] = tags["ferlab.commit"].removesuffix("+modified")
+    return tags

@@ -10,6 +10,7 @@ signal for a stop: W&B shows the run as failed) and saves metrics.json and the e
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ class TrackedWandbLogger(WandbLogger):
     """Lightning's WandbLogger, started by ferlab: config and the stored id at the start, files and the exit code at
     the end (`close`)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wandb_init.pop("anonymous", None)  # Lightning always passes it; wandb 0.31 warns that it does nothing
+
     def describe(self) -> str:
         return f"W&B run {self._id} ({self._wandb_init.get('mode') or 'online'})"
 
@@ -38,10 +43,12 @@ class TrackedWandbLogger(WandbLogger):
     def close(self, outcome: trackers.Outcome) -> None:
         """The run's files (a finished run) and the Optuna trial's state, then the exit code."""
         run = self.experiment
-        if outcome.metrics is not None:
-            for name in trackers.ARTIFACTS:
+        if outcome.metrics is not None:  # files in the run's own folder go with it (`wandb sync` uploads them)
+            for name, folder in trackers.ARTIFACTS.items():
                 if (outcome.run_dir / name).is_file():
-                    run.save(str(outcome.run_dir / name), base_path=str(outcome.run_dir), policy="now", glob=False)
+                    target = Path(run.dir) / folder / Path(name).name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(outcome.run_dir / name, target)
         if outcome.trial_state:
             run.tags = (*run.tags, f"optuna.state={outcome.trial_state}")
         run.finish(exit_code=outcome.exit_code)
@@ -69,11 +76,11 @@ def wandb_logger(*, project: str, save_dir: str, name: str | None = None, group:
     logger = TrackedWandbLogger(name=name or trackers.run_name(out), save_dir=str(out), project=project, id=run_id,
                                 group=group or (sweep.name if sweep else None), mode=mode,
                                 tags=_tags(trackers.run_tags(out), tags), **kwargs)
-    if rank_zero_only.rank != 0:
-        return logger
     session = trackers.current()
+    if session is None or rank_zero_only.rank != 0:  # outside `ferlab train` Lightning starts the run when it logs
+        return logger
     try:
-        logger.begin(trackers.resolved(session.cfg) if session is not None else {}, out)
+        logger.begin(trackers.resolved(session.cfg), out)
     except Exception as e:  # online without a network or a key: the run goes on without W&B
         trackers.warn(f"W&B ({mode}) could not start a run ({trackers.one_line(e)}): this run was logged locally "
                       f"only ({out})")
