@@ -5,6 +5,7 @@ resumed into the same tracker runs, a server that is down, a missing package and
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
 import socket
@@ -20,7 +21,6 @@ from optuna.pruners import BasePruner
 
 from ferlab.errors import Interrupted
 from ferlab.train import run_train
-from tests.conftest import REPO, run_cli
 
 # two epochs of two training batches and one validation batch each
 TINY = ["data.source.num_images=300", "data.batch_size=16", "model.width=8", "trainer.max_epochs=2",
@@ -47,9 +47,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `mlflow server` for the module: SQLite backend, artifacts served from a folder, one worker."""
+@pytest.fixture(scope="module", autouse=True)
+def booting_server(tmp_path_factory):
+    """A real `mlflow server` for the module (SQLite backend, artifacts served from a folder, one worker), started
+    with the module's first test so that its start-up overlaps the tests that need no server."""
     root, port = tmp_path_factory.mktemp("mlflow_server"), _free_port()
     log = (root / "server.log").open("w")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
@@ -57,16 +58,8 @@ def server(tmp_path_factory):
                              f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + 180
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, (root / "server.log").read_text()[-3000:]
-                time.sleep(0.2)
-        yield url
+        yield proc, f"http://127.0.0.1:{port}", root / "server.log"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -77,15 +70,58 @@ def server(tmp_path_factory):
         log.close()
 
 
+@pytest.fixture(scope="module")
+def server(booting_server) -> str:
+    """The server's URL once it answers /health."""
+    proc, url, log = booting_server
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return url
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
     """W&B's own folders under tmp_path (never HOME), no console capture, nothing sent anywhere."""
     env = {"WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
            "WANDB_DATA_DIR": str(tmp_path / "wandb_data"), "WANDB_CONSOLE": "off", "WANDB_SILENT": "true",
-           "WANDB_ERROR_REPORTING": "false", "WANDB_MODE": "offline"}
+           "WANDB_ERROR_REPORTING": "false", "WANDB_MODE": "offline",
+           "WANDB__DISABLE_STATS": "true", "WANDB__DISABLE_META": "true"}  # no system monitor, no machine probe
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+def _ferlab_child(argv: list[str], root: str, log: str, env: dict[str, str]) -> None:
+    """`ferlab <argv>` in a process of its own, in `root`, its output in `log`."""
+    import torch
+
+    torch.set_num_threads(1)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.update(env, FERLAB_ROOT=root)
+    os.environ.pop("FERLAB_RUN_ID", None)
+    os.chdir(root)
+    from ferlab.cli import main
+
+    main(list(argv))
+
+
+def _ferlab_process(*argv: str, root: Path, log: Path, env: dict[str, str]) -> mp.Process:
+    """A started process running `ferlab <argv>`, forked from the suite's forkserver (tests/test_resume.py), which
+    has torch and Lightning imported already: the command costs its own work, not their imports."""
+    from tests.test_resume import PRELOAD
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([*PRELOAD, "mlflow", "wandb", "optuna", "hydra_plugins.ferlab_sweepers._optuna"])
+    proc = ctx.Process(target=_ferlab_child, args=(list(argv), str(root), str(log), env))
+    proc.start()
+    return proc
 
 
 def _expected_config(run: Path, tb_name: str | None = None) -> dict:
@@ -149,6 +185,67 @@ def _offline_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+def test_a_tracking_server_that_is_down_costs_one_warning_and_the_run_logs_locally(make_cfg, caplog):
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: the connection is refused
+    cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={url}", "test=false")
+    with caplog.at_level("WARNING"):
+        metrics = run_train(cfg)
+    run = Path(cfg.paths.output_dir)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ferlab")]
+    assert len(warnings) == 1 and url in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
+    assert metrics["epochs"] == 1 and (run / "metrics.json").is_file() and not (run / "trackers.json").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # the curves, locally
+
+
+def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, caplog, monkeypatch):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    def refused(self, metrics, step=None):  # what MLflow raises once its retries against a dead server are spent
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    cfg = make_cfg("logger=mlflow", "test=false")  # the local store, reached at the start
+    monkeypatch.setattr(MLFlowLogger, "log_metrics", refused)
+    with caplog.at_level("WARNING"):
+        metrics = run_train(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ferlab")]
+    store = json.loads((Path(cfg.paths.output_dir) / "trackers.json").read_text())["mlflow"]["tracking_uri"]
+    assert len(warnings) == 1 and store in warnings[0] and "Connection refused" in warnings[0]
+    assert metrics["epochs"] == 1 and (Path(cfg.paths.output_dir) / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("package", ["mlflow", "wandb"])
+def test_a_tracker_without_its_package_is_one_line_naming_the_extra(make_cfg, monkeypatch, capsys, package):
+    from ferlab.runner import guarded
+
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    cfg = make_cfg(f"logger={package}")
+    with pytest.raises(SystemExit) as info:
+        guarded(run_train, cfg)
+    assert info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"ferlab: error: logger.{package} needs the {package} package, which is not installed: "
+        f"pip install 'ferlab[{package}]'"]
+
+
+def test_an_unknown_logger_is_one_line_listing_the_loggers(tmp_path, capsys, monkeypatch):
+    from ferlab.cli import main
+    from ferlab.trackers import unknown_logger
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "logger=nope"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ferlab: error: logger=nope: no such logger; available: csv, many, mlflow, none, tensorboard, wandb"]
+    (tmp_path / "mine" / "logger").mkdir(parents=True)
+    (tmp_path / "mine" / "logger" / "lab.yaml").write_text("{}\n")  # a user's own option counts
+    assert unknown_logger(["--config-dir", str(tmp_path / "mine"), "logger=lab"]) is None
+    assert unknown_logger(["-m", "--config-dir", str(tmp_path / "mine"), "logger=lab,[mlflow,nope]"]).startswith(
+        "logger=nope: no such logger; available: csv, lab, many")
+
+
+# ---- against the server (its start-up overlapped the tests above) ------------------------------------------------
+
 def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensorboard(tmp_path, server, wandb_env,
                                                                                        monkeypatch):
     """`logger=[many,wandb]`: TensorBoard + CSV + MLflow (a real server) + W&B offline, two trials (one pruned)."""
@@ -158,12 +255,12 @@ def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensor
     from ferlab.study import load_study
     from tests.test_sweeps import _tensorboard_runs
 
-    env = {**wandb_env, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    r = run_cli("train", "-m", "hparams_search=optuna", *GRID, *TINY, "task_name=tracked",
-                "hydra.sweeper.pruner={_target_:tests.test_trackers.PruneTrialOne}", "logger=[many,wandb]",
-                f"logger.mlflow.tracking_uri={server}", cwd=tmp_path, env=env)
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    log = tmp_path / "sweep.log"
+    proc = _ferlab_process("train", "-m", "hparams_search=optuna", *GRID, *TINY, "task_name=tracked",
+                           "hydra.sweeper.pruner={_target_:tests.test_trackers.PruneTrialOne}", "logger=[many,wandb]",
+                           f"logger.mlflow.tracking_uri={server}", root=tmp_path, log=log, env=wandb_env)
+    proc.join(300)
+    assert proc.exitcode == 0 and "Traceback" not in log.read_text(), log.read_text()[-3000:]
     monkeypatch.setenv("FERLAB_ROOT", str(tmp_path))  # as the jobs resolved ${paths.root_dir}
     (sweep,) = (tmp_path / "outputs" / "tracked" / "multiruns").iterdir()
     study = load_study(f"sqlite:///{tmp_path}/outputs/optuna/tracked_synthetic.db", "tracked_synthetic")
@@ -250,62 +347,3 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_contin
     assert sorted(w["exit"] for w in logs) == [0, 128 + signal.SIGINT]
     epochs = {**_epochs(logs[0]["history"], "val/acc"), **_epochs(logs[1]["history"], "val/acc")}
     assert epochs == {row["epoch"]: row["val/acc"] for row in metrics["history"]}
-
-
-def test_a_tracking_server_that_is_down_costs_one_warning_and_the_run_logs_locally(make_cfg, caplog):
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: the connection is refused
-    cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={url}", "test=false")
-    with caplog.at_level("WARNING"):
-        metrics = run_train(cfg)
-    run = Path(cfg.paths.output_dir)
-    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ferlab")]
-    assert len(warnings) == 1 and url in warnings[0].getMessage() and "\n" not in warnings[0].getMessage()
-    assert metrics["epochs"] == 1 and (run / "metrics.json").is_file() and not (run / "trackers.json").exists()
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # the curves, locally
-
-
-def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, caplog, monkeypatch):
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    def refused(self, metrics, step=None):  # what MLflow raises once its retries against a dead server are spent
-        raise ConnectionRefusedError(111, "Connection refused")
-
-    cfg = make_cfg("logger=mlflow", "test=false")  # the local store, reached at the start
-    monkeypatch.setattr(MLFlowLogger, "log_metrics", refused)
-    with caplog.at_level("WARNING"):
-        metrics = run_train(cfg)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("ferlab")]
-    store = json.loads((Path(cfg.paths.output_dir) / "trackers.json").read_text())["mlflow"]["tracking_uri"]
-    assert len(warnings) == 1 and store in warnings[0] and "Connection refused" in warnings[0]
-    assert metrics["epochs"] == 1 and (Path(cfg.paths.output_dir) / "metrics.json").is_file()
-
-
-@pytest.mark.parametrize("package", ["mlflow", "wandb"])
-def test_a_tracker_without_its_package_is_one_line_naming_the_extra(make_cfg, monkeypatch, capsys, package):
-    from ferlab.runner import guarded
-
-    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
-    cfg = make_cfg(f"logger={package}")
-    with pytest.raises(SystemExit) as info:
-        guarded(run_train, cfg)
-    assert info.value.code == 1
-    assert capsys.readouterr().err.splitlines() == [
-        f"ferlab: error: logger.{package} needs the {package} package, which is not installed: "
-        f"pip install 'ferlab[{package}]'"]
-
-
-def test_an_unknown_logger_is_one_line_listing_the_loggers(tmp_path, capsys, monkeypatch):
-    from ferlab.cli import main
-    from ferlab.trackers import unknown_logger
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as info:
-        main(["train", "logger=nope"])
-    assert info.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
-        "ferlab: error: logger=nope: no such logger; available: csv, many, mlflow, none, tensorboard, wandb"]
-    (tmp_path / "mine" / "logger").mkdir(parents=True)
-    (tmp_path / "mine" / "logger" / "lab.yaml").write_text("{}\n")  # a user's own option counts
-    assert unknown_logger(["--config-dir", str(tmp_path / "mine"), "logger=lab"]) is None
-    assert unknown_logger(["-m", "--config-dir", str(tmp_path / "mine"), "logger=lab,[mlflow,nope]"]).startswith(
-        "logger=nope: no such logger; available: csv, lab, many")
