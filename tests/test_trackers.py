@@ -213,6 +213,18 @@ def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, c
     assert metrics["epochs"] == 1 and (Path(cfg.paths.output_dir) / "metrics.json").is_file()
 
 
+def test_a_crash_marks_the_mlflow_run_failed(make_cfg):
+    from mlflow import MlflowClient
+
+    cfg = make_cfg("logger=mlflow", "trainer.max_epochs=2", "test=false",  # the local store
+                   "+callbacks.crash._target_=tests.test_resume.FailAtEpochStart", "+callbacks.crash.epoch=1")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(cfg)
+    stored = json.loads((Path(cfg.paths.output_dir) / "trackers.json").read_text())["mlflow"]
+    run = MlflowClient(stored["tracking_uri"]).get_run(stored["run_id"])
+    assert run.info.status == "FAILED" and run.data.metrics["epoch"] == 0  # the first epoch was logged
+
+
 @pytest.mark.parametrize("package", ["mlflow", "wandb"])
 def test_a_tracker_without_its_package_is_one_line_naming_the_extra(make_cfg, monkeypatch, capsys, package):
     from ferlab.runner import guarded

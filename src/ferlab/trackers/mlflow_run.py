@@ -132,16 +132,18 @@ class TrackedMLFlowLogger(MLFlowLogger):
         if self.lost:
             return
         client, run_id = self.experiment, self.run_id
-        if outcome.metrics is not None:
-            for name, folder in trackers.ARTIFACTS.items():
-                if (outcome.run_dir / name).is_file():
-                    client.log_artifact(run_id, str(outcome.run_dir / name), folder or None)
-            best = (outcome.metrics.get("checkpoints") or {}).get("best")
-            if self.log_best and best and Path(best).is_file():
-                client.log_artifact(run_id, best, "checkpoints")
-        if outcome.trial_state:
-            client.set_tag(run_id, "optuna.state", outcome.trial_state)
-        client.set_terminated(run_id, outcome.status)
+        try:
+            if outcome.metrics is not None:
+                for name, folder in trackers.ARTIFACTS.items():
+                    if (outcome.run_dir / name).is_file():
+                        client.log_artifact(run_id, str(outcome.run_dir / name), folder or None)
+                best = (outcome.metrics.get("checkpoints") or {}).get("best")
+                if self.log_best and best and Path(best).is_file():
+                    client.log_artifact(run_id, best, "checkpoints")
+            if outcome.trial_state:
+                client.set_tag(run_id, "optuna.state", outcome.trial_state)
+        finally:
+            client.set_terminated(run_id, outcome.status)
 
 
 def _cut(text: str, limit: int) -> str:

@@ -10,6 +10,7 @@ signal for a stop: W&B shows the run as failed) and saves metrics.json and the e
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,17 @@ class TrackedWandbLogger(WandbLogger):
     def close(self, outcome: trackers.Outcome) -> None:
         """The run's files (a finished run) and the Optuna trial's state, then the exit code."""
         run = self.experiment
-        if outcome.metrics is not None:  # files in the run's own folder go with it (`wandb sync` uploads them)
-            for name, folder in trackers.ARTIFACTS.items():
-                if (outcome.run_dir / name).is_file():
-                    target = Path(run.dir) / folder / Path(name).name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(outcome.run_dir / name, target)
-        if outcome.trial_state:
-            run.tags = (*run.tags, f"optuna.state={outcome.trial_state}")
-        run.finish(exit_code=outcome.exit_code)
+        try:
+            if outcome.metrics is not None:  # files in the run's own folder go with it (`wandb sync` uploads them)
+                for name, folder in trackers.ARTIFACTS.items():
+                    if (outcome.run_dir / name).is_file():
+                        target = Path(run.dir) / folder / Path(name).name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(outcome.run_dir / name, target)
+            if outcome.trial_state:
+                run.tags = (*run.tags, f"optuna.state={outcome.trial_state}")
+        finally:
+            run.finish(exit_code=outcome.exit_code)
 
 
 def _tags(marks: dict[str, str], labels: Any) -> list[str]:
@@ -82,6 +85,9 @@ def wandb_logger(*, project: str, save_dir: str, name: str | None = None, group:
     try:
         logger.begin(trackers.resolved(session.cfg), out)
     except Exception as e:  # online without a network or a key: the run goes on without W&B
+        if logger._experiment is not None:  # started, then failed: do not leave it open for the next run
+            with contextlib.suppress(Exception):
+                logger._experiment.finish(exit_code=1)
         trackers.warn(f"W&B ({mode}) could not start a run ({trackers.one_line(e)}): this run was logged locally "
                       f"only ({out})")
         return None
