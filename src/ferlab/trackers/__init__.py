@@ -1,8 +1,8 @@
 """Experiment trackers beside TensorBoard: MLflow and Weights & Biases (`logger=mlflow`, `wandb`, `many`).
 
 conf/logger/mlflow.yaml and wandb.yaml name the factories in `ferlab.trackers.mlflow_run` and `wandb_run`, which
-return Lightning's own MLFlowLogger and WandbLogger, each with a run started at once. A `ferlab train` run is a
-tracker session (`tracked(run_train)`): every tracker run started during it gets the flattened resolved config as
+return Lightning's own MLFlowLogger and WandbLogger. A `ferlab train` run is a tracker session (`tracked(run_train)`):
+the factories start their tracker run at once, and each gets the flattened resolved config as
 its parameters, tags (run dir, sweep folder, ferlab version and commit, Optuna trial) and its id in
 `<run>/trackers.json`, so that a resumed run (`ckpt_path=auto`, a run dir, `last`) continues the same tracker run.
 At the end of the session each gets the run's files as artifacts and its status: FINISHED, FAILED (a crash) or
