@@ -187,7 +187,8 @@ def _offline_runs(run_dir: Path) -> list[Path]:
 
 def test_a_tracking_server_that_is_down_costs_one_warning_and_the_run_logs_locally(make_cfg, caplog):
     url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: the connection is refused
-    cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={url}", "test=false")
+    cfg = make_cfg(*TINY, "trainer.max_epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={url}", "test=false",
+                   fast=False)
     with caplog.at_level("WARNING"):
         metrics = run_train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -203,7 +204,7 @@ def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, c
     def refused(self, metrics, step=None):  # what MLflow raises once its retries against a dead server are spent
         raise ConnectionRefusedError(111, "Connection refused")
 
-    cfg = make_cfg("logger=mlflow", "test=false")  # the local store, reached at the start
+    cfg = make_cfg(*TINY, "trainer.max_epochs=1", "logger=mlflow", "test=false", fast=False)  # the local store
     monkeypatch.setattr(MLFlowLogger, "log_metrics", refused)
     with caplog.at_level("WARNING"):
         metrics = run_train(cfg)
@@ -216,8 +217,8 @@ def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, c
 def test_a_crash_marks_the_mlflow_run_failed(make_cfg):
     from mlflow import MlflowClient
 
-    cfg = make_cfg("logger=mlflow", "trainer.max_epochs=2", "test=false",  # the local store
-                   "+callbacks.crash._target_=tests.test_resume.FailAtEpochStart", "+callbacks.crash.epoch=1")
+    cfg = make_cfg(*TINY, "logger=mlflow", "test=false", "+callbacks.crash._target_=tests.test_resume.FailAtEpochStart",
+                   "+callbacks.crash.epoch=1", fast=False)  # the local store
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_train(cfg)
     stored = json.loads((Path(cfg.paths.output_dir) / "trackers.json").read_text())["mlflow"]
