@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ferlab import trackers
 from ferlab.runner import hydra_task
 
 log = logging.getLogger("ferlab.train")
@@ -43,7 +44,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         fresh_modules=fresh_modules(weights),
         tta=instantiate(cfg.tta) if cfg.get("tta") else None,
     )
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    # a tracker that cannot be reached is left out (None): the run logs locally
+    loggers = trackers.local_only([instantiate(c) for c in (cfg.get("logger") or {}).values() if c],
+                                  Path(cfg.paths.output_dir))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     # learning rates set at epoch start (BackboneFinetuning) before LearningRateMonitor logs them
     callbacks.sort(key=lambda c: not isinstance(c, BaseFinetuning))
@@ -97,11 +100,13 @@ def load_reports(net: Any, cfg: DictConfig) -> dict[str, dict]:
     return reports
 
 
+@trackers.tracked  # MLflow / W&B runs started on the way end with this run's outcome and files
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test when `cfg.test`), write metrics.json into the run dir and return its contents."""
     from ferlab.validate import validate
 
     validate(cfg)  # before the heavy imports: a config mistake is reported in a fraction of a second
+    trackers.require_packages(cfg)  # logger=mlflow without mlflow: the extra to install, at once
     import pytorch_lightning as pl
 
     from ferlab.hparams import log_hparams
@@ -194,16 +199,12 @@ def _objective(cfg: DictConfig) -> Any:
         from ferlab.trial import Pruned
 
         return Pruned(**metrics["pruned"])
-    name = cfg.get("optimized_metric")
-    if not name:
-        return None
-    for group in ("test", "best_epoch_metrics", "final"):
-        if name in metrics.get(group, {}):
-            return metrics[group][name]
-    return None
+    from ferlab.trial import objective_value
+
+    return objective_value(metrics, cfg.get("optimized_metric"))
 
 
-main = hydra_task("train")(_objective)
+main = trackers.with_logger_check(hydra_task("train")(_objective))
 
 if __name__ == "__main__":
     main()

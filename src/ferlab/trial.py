@@ -18,3 +18,14 @@ class Pruned:
 
     epoch: int
     value: float
+
+
+def objective_value(metrics: dict, name: str | None) -> float | None:
+    """The value a trial job returns for `optimized_metric` `name`: its test value, else the best epoch's, else the
+    last epoch's; None when the run did not log it."""
+    if not name:
+        return None
+    for group in ("test", "best_epoch_metrics", "final"):
+        if name in metrics.get(group, {}):
+            return metrics[group][name]
+    return None
