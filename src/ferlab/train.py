@@ -42,6 +42,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         backbone_lr_mult=backbone_lr_mult,
         fresh_modules=fresh_modules(weights),
         tta=instantiate(cfg.tta) if cfg.get("tta") else None,
+        head=instantiate(cfg.head) if cfg.get("head") else None,
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
