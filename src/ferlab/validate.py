@@ -154,9 +154,10 @@ def _head(cfg: DictConfig) -> Iterator[str]:
     if any(_number(p) and p > 0 for p in (OmegaConf.select(cfg, f"augment.{k}.p", default=0) for k in ("mixup", "cutmix"))):
         yield f"head={kind}: augment.mixup/cutmix mix images but not their valence/arousal; set their p to 0"
     if kind == "va":
+        monitor = OmegaConf.select(cfg, "monitor", default=None)
         for key in ("monitor", "optimized_metric", "sched.monitor"):
             value = OmegaConf.select(cfg, key, default=None)
-            if value in CLASS_METRICS:
+            if value in CLASS_METRICS and (key == "monitor" or value != monitor):  # ${monitor}: said once
                 yield f"{key}={value!r} is never logged with head=va (no class outputs); e.g. {key}=val/ccc_mean"
 
 

@@ -71,7 +71,8 @@ def build_data(choice: DataChoice, restored: Restored, batch_size: int | None, c
     """The datamodule, fed as the network was trained: its channels, input size and normalization, and how its
     classes map onto the model's (None: the same classes). A data config from the checkpoint goes through
     ferlab's registered readers only (`data.rebuild`).
-    by_name: other classes are matched by name (cross-dataset eval) instead of refused; checked before decoding."""
+    by_name: other classes are matched by name (cross-dataset eval) instead of refused; checked before decoding.
+    A network without class outputs (head=va) takes any data."""
     from hydra.utils import instantiate
 
     from ferlab.data.rebuild import build_stored_datamodule
@@ -85,7 +86,9 @@ def build_data(choice: DataChoice, restored: Restored, batch_size: int | None, c
     else:
         datamodule = build_stored_datamodule(choice.config, str(restored.path), cache_dir=cache_dir, **kwargs)
     class_map = None
-    if by_name and _differ(restored.class_names, list(datamodule.class_names)):
+    if not restored.head.has_classes:  # valence/arousal only (head=va): the data's classes are not predicted
+        pass
+    elif by_name and _differ(restored.class_names, list(datamodule.class_names)):
         from ferlab.analysis.cross_dataset import match_classes
 
         model_data = str((restored.config.get("data") or {}).get("name", "model"))
