@@ -17,7 +17,7 @@ from ferlab.analysis.metrics import classification_report
 from ferlab.data.imageset import ImageSet
 from ferlab.data.writers_wild import write_affectnet2021, write_rafdb
 from ferlab.errors import FerlabError
-from ferlab.labels import AFFECTNET, FER2013, FER5, FERPLUS, RAFDB
+from ferlab.labels import AFFECTNET, FER5, FER2013, FERPLUS, RAFDB
 from tests.conftest import compose_cfg
 
 

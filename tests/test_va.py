@@ -186,6 +186,8 @@ def test_va_head_on_data_without_va_is_one_line(make_cfg, capsys):
         run_train(make_cfg("head=expr_va", "augment.mixup.p=0.5"))
     with pytest.raises(FerlabError, match=r"monitor='val/acc' is never logged with head=va"):
         run_train(make_cfg("head=va", "monitor=val/acc"))
+    with pytest.raises(FerlabError, match=r"model.num_classes=7 but head=expr_va reads 9 outputs"):
+        run_train(make_cfg("head=expr_va", "model.num_classes=7"))
 
 
 def test_stored_head_is_rebuilt_from_plain_values_only():

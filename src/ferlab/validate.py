@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ferlab.errors import DataNotFound, FerlabError
-from ferlab.lit.heads import KINDS, VA_METRIC_NAMES
+from ferlab.lit.heads import KINDS, VA_METRIC_NAMES, Head
 
 # what the Classifier logs during fit (DESIGN.md "Metric names"), plus ModelCheckpoint's own candidates;
 # LearningRateMonitor adds `lr-<optimizer>` names; a head with valence/arousal outputs (head=va|expr_va) adds
@@ -149,9 +149,14 @@ def _head(cfg: DictConfig) -> Iterator[str]:
         return
     if kind == "classes":
         return
+    width, classes = (OmegaConf.select(cfg, k, default=None) for k in ("model.num_classes", "data.num_classes"))
+    if _int(width) and _int(classes) and width != Head(kind, classes).outputs:
+        yield (f"model.num_classes={width} but head={kind} reads {Head(kind, classes).outputs} outputs "
+               f"(conf/head/{kind}.yaml sets model.num_classes)")
     if OmegaConf.select(cfg, "data.va_targets", default=False) is not True:
         yield f"head={kind} trains on valence/arousal: data.va_targets must be true (conf/head/{kind}.yaml sets it)"
-    if any(_number(p) and p > 0 for p in (OmegaConf.select(cfg, f"augment.{k}.p", default=0) for k in ("mixup", "cutmix"))):
+    mixing = (OmegaConf.select(cfg, f"augment.{k}.p", default=0) for k in ("mixup", "cutmix"))
+    if any(_number(p) and p > 0 for p in mixing):
         yield f"head={kind}: augment.mixup/cutmix mix images but not their valence/arousal; set their p to 0"
     if kind == "va":
         monitor = OmegaConf.select(cfg, "monitor", default=None)

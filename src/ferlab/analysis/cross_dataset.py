@@ -115,8 +115,8 @@ def cross_section(cmap: ClassMap, dropped: dict[str, dict[str, int]], reports: d
         splits[prefix] = {"images": report["num_images"], "dropped": sum(dropped[prefix].values()),
                           "dropped_by_class": dropped[prefix],
                           "predicted_missing_classes": sum(row[j] for row in counts for j in model_only)}
-    return {"model_data": cmap.model_data, "data": cmap.data, "shared": [{"model": m, "data": d} for m, d in cmap.shared],
-            "model_only": cmap.model_only, "data_only": cmap.data_only, "splits": splits}
+    shared = [{"model": m, "data": d} for m, d in cmap.shared]
+    return {"model_data": cmap.model_data, "data": cmap.data, "shared": shared, "model_only": cmap.model_only, "data_only": cmap.data_only, "splits": splits}
 
 
 def summary_line(section: dict[str, Any]) -> str:
@@ -132,10 +132,11 @@ def cross_markdown(section: dict[str, Any]) -> list[str]:
     renamed = [f"{p['data']} -> {p['model']}" for p in section["shared"] if p["data"] != p["model"]]
     lines = ["## Cross-dataset", "", summary_line(section) + ".", "",
              f"Classes matched by name{': ' + ', '.join(renamed) if renamed else ''}. "
-             f"Model classes the data lacks: {', '.join(section['model_only']) or 'none'} (predicting them is an error);"
-             f" data classes the model lacks: {', '.join(section['data_only']) or 'none'} (their images are dropped). "
+             f"Model classes the data lacks: {', '.join(section['model_only']) or 'none'} (predicting them is an "
+             f"error); data classes the model lacks: {', '.join(section['data_only']) or 'none'} (their images are dropped). "
              "Macro averages are over the shared classes.", "",
-             "| split | images scored | images dropped | predictions of classes the data lacks |", "|---|---:|---:|---:|"]
+             "| split | images scored | images dropped | predictions of classes the data lacks |",
+             "|---|---:|---:|---:|"]
     lines += [f"| {p} | {s['images']} | {s['dropped']} | {s['predicted_missing_classes']} |"
               for p, s in section["splits"].items()]
     return [*lines, ""]

@@ -160,7 +160,8 @@ def report_after_training(trainer: Any, model: Any, datamodule: Any, run_dir: Pa
     """`ferlab train test=true`: the report of the tested checkpoint on every test split, into `<run>/eval/`.
 
     Built from the predictions of `trainer.test` (one pass over the test splits); a split it did not cover
-    whole, and every split of a network with valence/arousal outputs, is predicted on the trainer's device. The confusion matrices go to the run's TensorBoard logger.
+    whole, and every split of a network with valence/arousal outputs, is predicted on the trainer's device.
+    The confusion matrices go to the run's TensorBoard logger.
     """
     sets = split_sets(datamodule, "test")
     tested = _tested(model, sets)
