@@ -194,12 +194,19 @@ def test_stored_head_is_rebuilt_from_plain_values_only():
     config = {"_target_": "ferlab.lit.heads.Head", "kind": "expr_va", "num_classes": 8, "ce_weight": 1.0}
     head = stored_head(config, 8, "best.ckpt")
     assert head.outputs == 10 and head.describe()["columns"] == {"classes": [0, 8], "valence": 8, "arousal": 9}
+    assert head.va_activation == "tanh"  # the default
     assert stored_head(None, 7, "best.ckpt").outputs == 7  # checkpoints from before heads: class logits
     assert stored_head(head.describe(), 8, "x.onnx metadata").kind == "expr_va"  # exported metadata
+    out = np.array([[0.5, -0.5, 0.3, -2.0]])
+    logits, va = Head("expr_va", 2, va_activation="linear").split(out)
+    assert logits.tolist() == [[0.5, -0.5]] and va.tolist() == [[0.3, -2.0]]
+    np.testing.assert_allclose(stored_head(Head("expr_va", 2).describe(), 2, "m").split(out)[1], np.tanh([[0.3, -2.0]]))
+    torch.testing.assert_close(Head("va", 2).split(torch.tensor([[0.3, -2.0]]))[1], torch.tensor([[0.3, -2.0]]).tanh())
     for bad, message in (({**config, "_target_": "os.system"}, r"refused head._target_ \('os.system' is not"),
                          ({**config, "_args_": ["rm"]}, r"refused head._args_ \(a Hydra instantiation key"),
                          ({**config, "kind": "${oc.env:HOME}"}, r"refused head.kind \(an interpolation"),
                          ({**config, "kind": "regress"}, r"best.ckpt: head.kind: expected one of classes, va, expr_va"),
-                         ({**config, "bias": 1}, r"best.ckpt: cannot rebuild the stored head config")):
+                         ({**config, "bias": 1}, r"best.ckpt: cannot rebuild the stored head config"),
+                         ({**config, "va_activation": "relu"}, r"head.va_activation: expected one of tanh, linear")):
         with pytest.raises(FerlabError, match=message):
             stored_head(bad, 8, "best.ckpt")

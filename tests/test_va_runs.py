@@ -77,7 +77,7 @@ def test_eval_reports_va_as_numpy_computes_it_with_histograms(expr_va, tmp_path)
     images, _ = dm.splits["test"]
     with torch.no_grad():
         out = torch.cat([loaded.restored.net(dm.transform(x, train=False)) for x in images.split(16)])
-    pred, target = out[:, 8:].double().numpy(), dm.va_for(images).double().numpy()
+    pred, target = out[:, 8:].tanh().double().numpy(), dm.va_for(images).double().numpy()  # head.va_activation
     keep = np.isfinite(target).all(1)
     pred, target = pred[keep], target[keep]
     assert va["num_annotated"] == keep.sum() and 0 < keep.sum() < len(keep)  # a -2 row is left out
@@ -99,6 +99,7 @@ def test_eval_reports_va_as_numpy_computes_it_with_histograms(expr_va, tmp_path)
     out_dir = Path(report["output_dir"])
     assert (out_dir / "va_histogram.png").is_file() and "| valence |" in (out_dir / "report.md").read_text()
     assert report["head"]["columns"] == {"classes": [0, 8], "valence": 8, "arousal": 9}
+    assert report["head"]["va_activation"] == "tanh"
 
 
 def test_predict_and_onnx_export_carry_valence_and_arousal(expr_va, affectnet, tmp_path):
@@ -107,7 +108,7 @@ def test_predict_and_onnx_export_carry_valence_and_arousal(expr_va, affectnet, t
     own.write_bytes(ckpt.read_bytes())
     run_export(_cfg(tmp_path, "export", f"ckpt_path={own}", "format=onnx"))
     meta = json.loads({p.key: p.value for p in onnx.load(str(own.with_suffix(".onnx"))).metadata_props}["ferlab"])
-    assert meta["head"] == {"kind": "expr_va", "num_classes": 8, "outputs": 10,
+    assert meta["head"] == {"kind": "expr_va", "num_classes": 8, "outputs": 10, "va_activation": "tanh",
                             "columns": {"classes": [0, 8], "valence": 8, "arousal": 9}}
     folder = tmp_path / "faces"
     folder.mkdir()
@@ -129,7 +130,8 @@ def test_predict_and_onnx_export_carry_valence_and_arousal(expr_va, affectnet, t
     with torch.no_grad():
         out = r.net(torch.from_numpy(to_model_input(frame, np.array([[0, 0, 32, 32]]), spec, 0.0)))[0]
     for backend in ("torch", "onnx"):
-        assert [float(rows[backend][0][k]) for k in ("valence", "arousal")] == pytest.approx(out[8:].tolist(), abs=1e-4)
+        want = out[8:].tanh().tolist()  # the raw outputs travel; the metadata's head applies tanh
+        assert [float(rows[backend][0][k]) for k in ("valence", "arousal")] == pytest.approx(want, abs=1e-4)
         assert rows[backend][0]["label"] == r.class_names[int(out[:8].argmax())]
 
 
