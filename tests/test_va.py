@@ -228,3 +228,20 @@ def test_predicted_faces_carry_va_in_json_and_on_the_annotated_image():
         face.box = [10, 80, 60, 60]
         drawn = annotate(frame, [face], names)
         assert drawn[:79].any() and not frame.any()  # the caption above the box; the frame itself untouched
+
+
+@pytest.mark.timeout(30)
+def test_decoding_processes_stop_whatever_sigterm_handler_the_parent_left(v2021):
+    """Pool.terminate() stops the decode workers with SIGTERM: a Python handler inherited from the parent (a run's
+    pre-emption handler, left by an earlier test or a training run in this process) must not keep them alive."""
+    import signal
+
+    from ferlab.data import store
+
+    before = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        with store.staging(None, workers=2):
+            data = AffectNet(str(v2021), image_size=8).read()  # hung forever in Pool.join() before the fix
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert len(data.targets) == 40
