@@ -98,6 +98,13 @@ def _check_detector(cfg):
     assert boxes.dtype == np.int64 and boxes.shape[1:] == (4,) and len(boxes) <= 1
 
 
+def _check_head(cfg):
+    head = instantiate(cfg.head)
+    net = instantiate(cfg.model).eval()
+    x = torch.randn(2, cfg.data.in_chans, cfg.data.image_size, cfg.data.image_size)
+    assert net(x).shape == (2, head.outputs) and bool(cfg.data.get("va_targets")) == head.has_va
+
+
 def _check_paths(cfg):
     assert OmegaConf.to_container(cfg.paths, resolve=True)["data_dir"].endswith("data")
 
@@ -106,7 +113,7 @@ CHECKS = {
     "data": _check_data, "model": _check_model, "optim": _check_optim, "sched": _check_sched,
     "loss": _check_loss, "trainer": _check_trainer, "callbacks": _check_each("callbacks"),
     "logger": _check_each("logger"), "augment": _check_augment, "paths": _check_paths,
-    "tta": _check_tta, "detector": _check_detector,
+    "tta": _check_tta, "detector": _check_detector, "head": _check_head,
 }
 
 

@@ -62,6 +62,9 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.analysis.explain_methods import METHODS, Context
 
     loaded = load(cfg)
+    if not loaded.restored.head.has_classes:
+        raise FerlabError(f"{cfg.ckpt_path} predicts valence/arousal only (head=va): ferlab explain explains class "
+                          "scores; a head=expr_va checkpoint has both")
     split, images, targets = choose_split(loaded.datamodule, str(cfg.split))
     out = output_dir(cfg, "explain", explain_name(cfg, loaded.datamodule.name if loaded.data_changed else None))
     writers = [_writer(out)] if cfg.get("tensorboard", True) else []

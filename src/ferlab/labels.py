@@ -32,6 +32,13 @@ DATASETS: dict[str, tuple[str, ...]] = {
     "affectnet7": AFFECTNET[:7],  # data.source.classes=7: without contempt, as most 7-class papers report
 }
 
+# Other spellings of the same expression across datasets (and common variants), lower case -> the name
+# `canonical` returns: what cross-dataset evaluation matches classes by ("angry" in FER2013 is "anger" in RAF-DB).
+SYNONYMS = {
+    "angry": "anger", "happy": "happiness", "sad": "sadness", "surprised": "surprise", "fearful": "fear",
+    "afraid": "fear", "disgusted": "disgust", "contemptuous": "contempt", "neutrality": "neutral",
+}
+
 # Training-split class frequencies of FER2013 (28,709 images); the synthetic renderer follows them.
 FER2013_TRAIN_COUNTS = (3995, 436, 4097, 7215, 4830, 3171, 4965)
 
@@ -43,3 +50,9 @@ def class_names(dataset: str) -> list[str]:
 
         raise FerlabError(f"unknown label set {dataset!r}; known: {', '.join(DATASETS)}")
     return list(DATASETS[dataset])
+
+
+def canonical(name: str) -> str:
+    """One spelling per expression: lower case, synonyms mapped (`Angry`, `angry`, `anger` -> `anger`)."""
+    key = name.strip().lower()
+    return SYNONYMS.get(key, key)

@@ -67,10 +67,10 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     predictor = build_predictor(cfg)
     model = predictor.model
-    records = PredictionLog(model.class_names, {
+    records = PredictionLog(predictor.class_names, {
         "backend": model.backend, "path": str(model.source), "input": model.spec.to_dict(),
-        "detector": OmegaConf.to_container(cfg.detector, resolve=True),
-    })
+        "detector": OmegaConf.to_container(cfg.detector, resolve=True), "head": model.head.describe(),
+    }, va=model.head.has_va)
     with Progress(disable=not cfg.progress, transient=True) as progress:
         job = Job(predictor, records, out / "annotated" if cfg.annotate else None, progress,
                   int(cfg.frame_stride), cfg.max_frames, bool(cfg.bars), cfg.max_pixels)

@@ -26,7 +26,7 @@ from ferlab.errors import FerlabError
 from ferlab.runfiles import STOPPED, headline_metrics
 
 SKIP_DIRS = {"checkpoints", "tensorboard", ".submitit", "csv", "eval", "__pycache__"}
-METRIC_ORDER = {"acc": 0, "f1_macro": 1, "loss": 2}
+METRIC_ORDER = {"acc": 0, "f1_macro": 1, "ccc_mean": 2, "loss": 3}
 FORMATS = ("markdown", "csv", "json")
 
 
@@ -178,15 +178,15 @@ def find_runs(dirs: list[Path]) -> list[Run]:
 def _metric_key(name: str) -> tuple:
     split, _, metric = name.partition("/")
     split_rank = 0 if split == "val" else 1 if split == "test" else 2
-    return split_rank, split, METRIC_ORDER.get(metric, 3), metric
+    return split_rank, split, METRIC_ORDER.get(metric, len(METRIC_ORDER)), metric
 
 
 def _descending(metric: str, runs: list[Run]) -> bool:
-    """Higher is better unless the runs' monitor says min for it, or it is a loss or a time."""
+    """Higher is better unless the runs' monitor says min for it, or it is a loss, an error (RMSE) or a time."""
     modes = {r.mode for r in runs if r.monitor == metric and r.mode}
     if modes:
         return modes != {"min"}
-    return not (metric.endswith("loss") or metric.endswith("_s"))
+    return not (metric.endswith("loss") or metric.endswith("_s") or metric.partition("/")[2].startswith("rmse"))
 
 
 def build_report(

@@ -36,8 +36,16 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("ferlab.labels", lambda name: ListConfig(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.num_classes", lambda name: len(labels.class_names(name)), replace=True)
     OmegaConf.register_new_resolver("ferlab.len", len, replace=True)  # data=folder: num_classes of a user class list
+    OmegaConf.register_new_resolver("ferlab.head_outputs", _head_outputs, replace=True)  # head=va|expr_va: model width
     OmegaConf.register_new_resolver("ferlab.run_id", _run_id, replace=True)
     OmegaConf.register_new_resolver("ferlab.tb_run", _tb_run, replace=True, use_cache=True)
+
+
+def _head_outputs(kind: str, num_classes: int) -> int:
+    """The network's output width for a `head=` kind and the data's class count (`ferlab.lit.heads.Head.outputs`)."""
+    from ferlab.lit.heads import Head
+
+    return Head(kind, num_classes).outputs
 
 
 def _tb_run() -> str:

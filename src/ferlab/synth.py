@@ -22,8 +22,10 @@ FORMATS: dict[str, tuple[str, str]] = {
     "rafdb": ("a folder", "RAF-DB's basic/EmoLabel/list_patition_label.txt + basic/Image/{aligned,original}/"),
     "rafdb_folders": ("a folder", "RAF-DB re-upload: DATASET/{train,test}/{1..7}/*.jpg + {train,test}_labels.csv"),
     "affectnet": ("a folder", "AffectNet's Manually_Annotated_file_lists/{training,validation}.csv + photos with "
-                  "face boxes (validation.csv without header; ids 8-10, boxes off the edge, a negative width)"),
-    "affectnet2021": ("a folder", "AffectNet 2021: {train_set,val_set}/images/<n>.jpg + annotations/<n>_exp.npy"),
+                  "face boxes (validation.csv without header; ids 8-10, boxes off the edge, a negative width; "
+                  "valence/arousal, -2 where not annotated)"),
+    "affectnet2021": ("a folder", "AffectNet 2021: {train_set,val_set}/images/<n>.jpg + annotations/<n>_{exp,val,aro,"
+                      "lnd}.npy"),
     "all": ("a folder", "every format above, one sub-folder each"),
 }
 

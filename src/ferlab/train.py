@@ -43,6 +43,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         backbone_lr_mult=backbone_lr_mult,
         fresh_modules=fresh_modules(weights),
         tta=instantiate(cfg.tta) if cfg.get("tta") else None,
+        head=instantiate(cfg.head) if cfg.get("head") else None,
     )
     # a tracker that cannot be reached is left out (None): the run logs locally
     loggers = trackers.local_only([instantiate(c) for c in (cfg.get("logger") or {}).values() if c],

@@ -18,10 +18,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ferlab.errors import DataNotFound, FerlabError
+from ferlab.lit.heads import KINDS, VA_METRIC_NAMES, Head
 
 # what the Classifier logs during fit (DESIGN.md "Metric names"), plus ModelCheckpoint's own candidates;
-# LearningRateMonitor adds `lr-<optimizer>` names
-FIT_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "epoch", "step")
+# LearningRateMonitor adds `lr-<optimizer>` names; a head with valence/arousal outputs (head=va|expr_va) adds
+# val/ccc_valence, val/rmse_arousal, ..., val/ccc_mean
+CLASS_METRICS = ("train/acc", "val/acc", "val/f1_macro")
+FIT_METRICS = ("train/loss", *CLASS_METRICS, "val/loss", "epoch", "step", *(f"val/{m}" for m in VA_METRIC_NAMES))
 # Lightning 2.6's accepted `precision` values (lightning_fabric.connector._PRECISION_INPUT; a test keeps them equal)
 PRECISIONS = ("64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed",
               "bf16-true", "bf16-mixed", "32-true", "64-true")
@@ -75,7 +78,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.limit_val_batches", _fraction_or_count, "null, a count >= 0 or a fraction in [0, 1]"),
     Rule("trainer.limit_test_batches", _fraction_or_count, "null, a count >= 0 or a fraction in [0, 1]"),
     Rule("seed", _int, "an integer"),
-    Rule("monitor", _metric, f"a metric logged during training: {', '.join(FIT_METRICS[:5])} or lr-<optimizer>"),
+    Rule("monitor", _metric, f"a metric logged during training: {', '.join(FIT_METRICS[:5])}, "
+         "val/ccc_mean (head=va|expr_va) or lr-<optimizer>"),
     Rule("monitor_mode", lambda v: v in ("min", "max"), "min or max"),
     Rule("init_from", lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
          "null, a checkpoint, a run directory or last:<task_name>"),
@@ -137,6 +141,31 @@ def _crop_and_mixing(cfg: DictConfig) -> Iterator[str]:
         yield f"augment.mixup.p={p_mix} + augment.cutmix.p={p_cut} is more than 1 (one of them per batch)"
 
 
+def _head(cfg: DictConfig) -> Iterator[str]:
+    """A VA head needs VA batches and unmixed images; a head without classes logs no class metric to monitor."""
+    kind = OmegaConf.select(cfg, "head.kind", default="classes")
+    if kind not in KINDS:
+        yield f"head.kind={kind!r} (expected one of {', '.join(KINDS)})"
+        return
+    if kind == "classes":
+        return
+    width, classes = (OmegaConf.select(cfg, k, default=None) for k in ("model.num_classes", "data.num_classes"))
+    if _int(width) and _int(classes) and width != Head(kind, classes).outputs:
+        yield (f"model.num_classes={width} but head={kind} reads {Head(kind, classes).outputs} outputs "
+               f"(conf/head/{kind}.yaml sets model.num_classes)")
+    if OmegaConf.select(cfg, "data.va_targets", default=False) is not True:
+        yield f"head={kind} trains on valence/arousal: data.va_targets must be true (conf/head/{kind}.yaml sets it)"
+    mixing = (OmegaConf.select(cfg, f"augment.{k}.p", default=0) for k in ("mixup", "cutmix"))
+    if any(_number(p) and p > 0 for p in mixing):
+        yield f"head={kind}: augment.mixup/cutmix mix images but not their valence/arousal; set their p to 0"
+    if kind == "va":
+        monitor = OmegaConf.select(cfg, "monitor", default=None)
+        for key in ("monitor", "optimized_metric", "sched.monitor"):
+            value = OmegaConf.select(cfg, key, default=None)
+            if value in CLASS_METRICS and (key == "monitor" or value != monitor):  # ${monitor}: said once
+                yield f"{key}={value!r} is never logged with head=va (no class outputs); e.g. {key}=val/ccc_mean"
+
+
 def _one_weight_average(cfg: DictConfig) -> Iterator[str]:
     """EMA and SWA both swap averaged weights in for validation and checkpoints: one at a time."""
     targets = {name: str(node.get("_target_", "")) for name, node in (cfg.get("callbacks") or {}).items()
@@ -178,6 +207,7 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _validation_disabled,
     _epochs_order,
     _crop_and_mixing,
+    _head,
     _one_weight_average,
     _gpus_present,
     _missing_data,

@@ -24,12 +24,14 @@ class Loaded:
     """A restored checkpoint, the datamodule it is evaluated on (set up), and the device to run on.
 
     data_changed: the data is not the checkpoint's own (`data=` or `+data.*` was given).
+    class_map: how the data's classes map onto the model's by name, where they differ (cross-dataset eval).
     """
 
     restored: Restored
     datamodule: Any  # FERDataModule
     device: torch.device
     data_changed: bool
+    class_map: Any = None  # ferlab.analysis.cross_dataset.ClassMap
 
 
 @dataclass
@@ -64,9 +66,13 @@ def check_class_names(restored: Restored, class_names: list[str], where: str) ->
                           "(different names or order: the labels would be compared wrongly)")
 
 
-def build_data(choice: DataChoice, restored: Restored, batch_size: int | None, cache_dir: str | None) -> Any:
-    """The datamodule, fed as the network was trained: its channels, input size and normalization.
-    A data config from the checkpoint goes through ferlab's registered readers only (`data.rebuild`)."""
+def build_data(choice: DataChoice, restored: Restored, batch_size: int | None, cache_dir: str | None,
+               by_name: bool = False) -> tuple[Any, Any]:
+    """The datamodule, fed as the network was trained: its channels, input size and normalization, and how its
+    classes map onto the model's (None: the same classes). A data config from the checkpoint goes through
+    ferlab's registered readers only (`data.rebuild`).
+    by_name: other classes are matched by name (cross-dataset eval) instead of refused; checked before decoding.
+    A network without class outputs (head=va) takes any data."""
     from hydra.utils import instantiate
 
     from ferlab.data.rebuild import build_stored_datamodule
@@ -79,14 +85,30 @@ def build_data(choice: DataChoice, restored: Restored, batch_size: int | None, c
         datamodule = instantiate(choice.config, **kwargs)
     else:
         datamodule = build_stored_datamodule(choice.config, str(restored.path), cache_dir=cache_dir, **kwargs)
-    check_class_names(restored, list(datamodule.class_names), f"data {datamodule.name!r}")
+    class_map = None
+    if not restored.head.has_classes:  # valence/arousal only (head=va): the data's classes are not predicted
+        pass
+    elif by_name and _differ(restored.class_names, list(datamodule.class_names)):
+        from ferlab.analysis.cross_dataset import match_classes
+
+        model_data = str((restored.config.get("data") or {}).get("name", "model"))
+        class_map = match_classes(restored.class_names, list(datamodule.class_names), model_data, datamodule.name)
+    else:
+        check_class_names(restored, list(datamodule.class_names), f"data {datamodule.name!r}")
     datamodule.prepare_data()
     datamodule.setup("test")
-    return datamodule
+    return datamodule, class_map
 
 
-def load(cfg: DictConfig) -> Loaded:
-    """Restore `cfg.ckpt_path` (on CPU, weights only), build its data and move the network to `cfg.device`."""
+def _differ(model_classes: list[str], data_classes: list[str]) -> bool:
+    return [n.lower() for n in model_classes] != [n.lower() for n in data_classes]
+
+
+def load(cfg: DictConfig, by_name: bool = False) -> Loaded:
+    """Restore `cfg.ckpt_path` (on CPU, weights only), build its data and move the network to `cfg.device`.
+
+    by_name: data of other classes is evaluated on the classes it shares with the model, matched by name
+    (`class_map`, `ferlab.analysis.cross_dataset`); otherwise its classes must be the model's."""
     require_checkpoint(cfg.get("ckpt_path"))
     device = resolve_device(cfg.get("device", "auto"))
     # a GPU-trained checkpoint loads anywhere
@@ -96,9 +118,9 @@ def load(cfg: DictConfig) -> Loaded:
             seed = restored.config.get("seed")
             cfg.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
     choice = data_config(cfg, restored.config)
-    datamodule = build_data(choice, restored, cfg.get("batch_size"), cfg.paths.cache_dir)
+    datamodule, class_map = build_data(choice, restored, cfg.get("batch_size"), cfg.paths.cache_dir, by_name)
     restored.net.to(device)
-    return Loaded(restored, datamodule, device, choice.changed)
+    return Loaded(restored, datamodule, device, choice.changed, class_map)
 
 
 def split_sets(datamodule: Any, split: str) -> dict[str, tuple[Any, Tensor]]:

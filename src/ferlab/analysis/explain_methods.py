@@ -69,8 +69,9 @@ def per_class_indices(targets: Tensor, per_class: int, num_classes: int, seed: i
 
 @torch.no_grad()
 def _predict(ctx: Context, index: Tensor) -> Tensor:
-    """(B, K) softmax of the chosen images."""
-    return batched(lambda x: ctx.loaded.restored.net(x).softmax(1), ctx.images[index], ctx.loaded.datamodule,
+    """(B, K) softmax of the chosen images (class logits come first in a multi-task head's outputs)."""
+    k = len(ctx.names)
+    return batched(lambda x: ctx.loaded.restored.net(x)[:, :k].softmax(1), ctx.images[index], ctx.loaded.datamodule,
                    ctx.loaded.device)
 
 
@@ -161,7 +162,7 @@ def run_misclassified(ctx: Context) -> list[Path]:
 
 @torch.no_grad()
 def embed(ctx: Context, images: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, D) `forward_features` embeddings and (N, K) linear-head logits of uint8 images."""
+    """(N, D) `forward_features` embeddings and (N, K) linear-head class logits of uint8 images."""
     net = ctx.loaded.restored.net
     if not hasattr(net, "forward_features") or not hasattr(net, "num_features"):
         raise FerlabError(f"{type(net).__name__} has no forward_features/num_features for prototypes")
@@ -171,7 +172,7 @@ def embed(ctx: Context, images: Tensor) -> tuple[Tensor, Tensor]:
         return torch.cat([features, net.forward_head(features)], 1)
 
     out = batched(both, images, ctx.loaded.datamodule, ctx.loaded.device)
-    return out[:, : net.num_features], out[:, net.num_features :]
+    return out[:, : net.num_features], out[:, net.num_features : net.num_features + len(ctx.names)]
 
 
 def run_prototypes(ctx: Context) -> list[Path]:

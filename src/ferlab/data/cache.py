@@ -5,7 +5,7 @@ One entry per (reader, location, decode settings) under the cache folder:
     <reader>-<slot>.npy   images uint8 (N,C,H,W), written in place by the decoders, opened with mmap_mode="r"
     <reader>-<slot>.npz   the manifest, written last: the key (the slot plus every input file's size and mtime),
                           the reader's meta, the .npy's size and mtime, and the small arrays (targets, split,
-                          soft targets, each image's BLAKE2 digest and pixel standard deviation)
+                          soft targets, valence/arousal, each image's BLAKE2 digest and pixel standard deviation)
 
 Start-up reads the manifest (zip CRCs checked), compares the key, the .npy's size, mtime and header, and the
 digests of a few dozen sampled rows: a stale entry (another key) or a corrupt one (truncated, edited, missing,
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 3
 SAMPLED_ROWS = 32  # rows whose digests every start-up checks
 ARRAYS = ("targets", "split", "digests", "pixel_std")
+OPTIONAL = ("soft_targets", "va")  # (N, ...) arrays a format may have
 
 
 def _digest(obj: object) -> str:
@@ -125,7 +126,8 @@ def _build(source: Source, entry: Entry, key: str, nfiles: int, workers: int | N
     with store.staging(entry.folder, workers, prefix=f".{entry.stem}.") as build:
         data = source.read()
         staged = _staged_images(build, data.images)
-        if not len(data.targets) == len(data.split) == staged.shape[0]:
+        if not len(data.targets) == len(data.split) == staged.shape[0] or \
+                any(getattr(data, a) is not None and len(getattr(data, a)) != staged.shape[0] for a in OPTIONAL):
             raise RuntimeError(f"{type(source).__name__}.read(): {staged.shape[0]} images but "
                                f"{len(data.targets)} targets and {len(data.split)} split codes")
         _publish(entry, key, data, staged)
@@ -161,8 +163,9 @@ def _publish(entry: Entry, key: str, data: FERData, staged: store.Staged) -> Non
     header = {"version": CACHE_VERSION, "key": key, "meta": data.meta, "n": n, "shape": list(staged.shape),
               "images": {"name": entry.images.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}}
     arrays = {"targets": data.targets, "split": data.split, "digests": staged.digests, "pixel_std": staged.std}
-    if data.soft_targets is not None:
-        arrays["soft_targets"] = data.soft_targets
+    for name in OPTIONAL:
+        if getattr(data, name) is not None:
+            arrays[name] = getattr(data, name)
     blob = json.dumps(header, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     arrays["header"] = np.frombuffer(blob.encode(), dtype=np.uint8)
     atomic_write(entry.manifest, lambda tmp: np.savez(tmp, **arrays))
@@ -181,14 +184,14 @@ def _load(entry: Entry, key: str) -> tuple[FERData | None, str]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError, UnicodeDecodeError):
         return None, "corrupt (unreadable manifest)"
     n = header.get("n")
-    soft = arrays.get("soft_targets")
-    if any(len(arrays.get(a, ())) != n for a in ARRAYS) or (soft is not None and len(soft) != n):
+    if any(len(arrays.get(a, ())) != n for a in ARRAYS) or any(len(arrays[a]) != n for a in OPTIONAL if a in arrays):
         return None, "corrupt (inconsistent manifest)"
     images, why = _open_images(entry.images, header, arrays["digests"])
     if images is None:
         return None, why
-    return FERData(images=images, targets=arrays["targets"], split=arrays["split"], soft_targets=soft,
-                   meta=header.get("meta", {}), digests=arrays["digests"], pixel_std=arrays["pixel_std"]), ""
+    return FERData(images=images, targets=arrays["targets"], split=arrays["split"], meta=header.get("meta", {}),
+                   soft_targets=arrays.get("soft_targets"), va=arrays.get("va"), digests=arrays["digests"],
+                   pixel_std=arrays["pixel_std"]), ""
 
 
 def _open_images(path: Path, header: dict, digests: np.ndarray) -> tuple[np.ndarray | None, str]:

@@ -40,30 +40,29 @@ class BatchTensorDataset(Dataset):
 
     `kind` says what a batch's targets are: "index" int64 (B,); "distribution" and "sample" float (B,K) rows of
     `soft` (for "sample" the datamodule draws a class from each row after the batch reached the training
-    process: a loader worker's random stream is not what a resume restores).
+    process: a loader worker's random stream is not what a resume restores). With `va` (N, 2) a batch ends with
+    its (B, 2) valence/arousal rows: (images, targets, va).
     """
 
     def __init__(self, images: ImageSet | Tensor, targets: Tensor, soft: Tensor | None = None,
-                 kind: str = "index") -> None:
+                 kind: str = "index", va: Tensor | None = None) -> None:
         if kind != "index" and soft is None:
             raise ValueError(f"targets of kind {kind!r} need soft targets")
-        self.images, self.targets, self.soft, self.kind = images, targets, soft, kind
+        self.images, self.targets, self.soft, self.kind, self.va = images, targets, soft, kind, va
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        images, targets = self.__getitems__([i])
-        return images[0], targets[0]
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return tuple(part[0] for part in self.__getitems__([i]))
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         idx = torch.as_tensor(indices)
-        if self.kind == "index":
-            return self.images[idx], self.targets[idx]
-        return self.images[idx], self.soft[idx]  # (B, K)
+        batch = (self.images[idx], self.targets[idx] if self.kind == "index" else self.soft[idx])  # (B,) | (B, K)
+        return batch if self.va is None else (*batch, self.va[idx])
 
 
-def collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def collate_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """The dataset already returns a batch; module-level so worker processes can pickle it."""
     return batch
 
@@ -94,6 +93,8 @@ class FERDataModule(pl.LightningDataModule):
         clean: a `Cleaning` (or its keys): near-blank and duplicate training images.
         cache_dir: where decoded datasets are cached (None: decoded into a temporary file on every run).
         decode_workers: processes decoding image files on a cache miss (None: one per CPU; 1: this process).
+        va_targets: batches carry each image's (valence, arousal) after its class (`head=va|expr_va` sets it);
+            the data must have them (AffectNet). Evaluation reads them whenever the data has them (`va_for`).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class FERDataModule(pl.LightningDataModule):
         decode_workers: int | None = None,
         seed: int = 0,
         augment: BatchAugment | None = None,
+        va_targets: bool = False,
     ) -> None:
         super().__init__()
         check_choice("data.sampler", sampler, ("random", "balanced"))
@@ -141,6 +143,12 @@ class FERDataModule(pl.LightningDataModule):
         self.cleaning = clean if isinstance(clean, Cleaning) else Cleaning(**dict(clean or {}))
         self.augment = augment or BatchAugment()
         self.mix = self.augment.mixing(num_classes)
+        self.va_targets, self.va_all = bool(va_targets), None  # va_all: (N, 2) of the whole cached set, or None
+        if self.va_targets and not getattr(source, "provides_va", False):
+            raise FerlabError(self._no_va())
+        if self.va_targets and self.mix is not None:
+            raise FerlabError("augment.mixup/cutmix mix images but not their valence/arousal targets: turn batch "
+                              "mixing off with a VA head (head=va|expr_va)")
         self.splits: dict[str, tuple[ImageSet, Tensor]] = {}
         self.train_soft: Tensor | None = None
         self.train_kind = "index"
@@ -185,9 +193,16 @@ class FERDataModule(pl.LightningDataModule):
         if len(data.targets) and int(data.targets.max()) >= self.num_classes:
             raise FerlabError(f"data {self.name!r}: label {int(data.targets.max())} but num_classes={self.num_classes}")
         check_choice("train_targets", data.train_targets, TRAIN_TARGETS)
+        self.va_all = None if data.va is None else torch.from_numpy(np.asarray(data.va, dtype=np.float32))
+        if self.va_targets and (self.va_all is None or not torch.isfinite(self.va_all).all(1).any()):
+            raise FerlabError(self._no_va())
         if data.train_targets != "index" and (data.soft_targets is None or data.soft_targets.shape[1] != self.num_classes):
             raise FerlabError(f"data {self.name!r}: {data.train_targets} targets need (N, {self.num_classes}) soft targets")
         return data
+
+    def _no_va(self) -> str:
+        return (f"data {self.name!r} ({type(self.source).__name__}) has no valence/arousal targets, which head=va and "
+                "head=expr_va train on (AffectNet has them: data=affectnet); use head=classes with this data")
 
     def _build(self, data: FERData, split: np.ndarray, val_name: str) -> None:
         """Images (row indices into the mapped array) and targets per split name; `val` may alias the split that
@@ -283,10 +298,15 @@ class FERDataModule(pl.LightningDataModule):
         parts = [self.splits[n] for n in names]
         return ImageSet.concat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+    def va_for(self, images: ImageSet) -> Tensor | None:
+        """(M, 2) valence/arousal of a set's images (NaN: not annotated), or None when the data has none."""
+        return None if self.va_all is None else self.va_all[torch.from_numpy(images.index)]
+
     def _loader(self, images: ImageSet, targets: Tensor, train: bool) -> DataLoader:
         """A training loader resumable mid-epoch (`ferlab.data.resumable`), or an evaluation loader in order."""
-        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind) if train else \
-            BatchTensorDataset(images, targets)
+        va = self.va_for(images) if self.va_targets else None
+        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind, va=va) if train else \
+            BatchTensorDataset(images, targets, va=va)
         # each loader has its own generator: creating an iterator (worker seeds) never draws from the global RNG,
         # whose stream must be the same whenever a run resumes, with or without persistent workers
         common = {"num_workers": self.num_workers, "collate_fn": collate_batch, "pin_memory": torch.cuda.is_available(),
@@ -340,14 +360,15 @@ class FERDataModule(pl.LightningDataModule):
         row, here in the training process (on the device, from the RNG a resume restores) whatever the workers."""
         return torch.multinomial(y, 1).squeeze(1) if self.train_kind == "sample" and y.ndim == 2 else y
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, ...]:
-        """Training: (x, y), or with batch mixing (x, mixed (B, K) targets, the images' own class ids (B,))."""
-        x, y = batch
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, ...]:
+        """(x, y), with batch mixing in training (x, mixed (B, K) targets, the images' own class ids (B,)), with
+        `va_targets` (x, y, valence/arousal (B, 2))."""
+        x, y, *va = batch
         training = self.trainer is not None and self.trainer.training
         x = self.transform(x, train=training)
         if training:
             y = self.train_targets(y)
         if not training or self.mix is None:
-            return x, y
+            return (x, y, *va)
         hard = y if y.ndim == 1 else y.argmax(1)  # FER+ distributions: the most-voted class, before mixing
         return (*self.mix(x, y), hard)

@@ -5,7 +5,8 @@ RAF-DB: the release (`basic/EmoLabel/list_patition_label.txt`, misspelled as in 
 4-digit test names; aligned faces and larger "original" photos) and the `DATASET/{train,test}/{1..7}/` re-upload
 with its label CSVs. AffectNet: the release's CSV lists (training.csv with its header, validation.csv without;
 face boxes, some running off the image, one of negative width; 68 landmarks; ids 8-10 with non-face images; mixed
-extensions) and the March 2021 `train_set/` + `val_set/` layout with per-image `.npy` annotations.
+extensions; valence/arousal, -2 for the uncertain and non-face rows and for a few class rows) and the March 2021
+`train_set/` + `val_set/` layout with per-image `.npy` annotations (`<n>_exp`, `_val`, `_aro`, `_lnd`).
 Class frequencies follow the real training sets. Folders are filled under a temporary name and renamed when complete.
 """
 
@@ -28,6 +29,12 @@ RAFDB_TO_FER2013 = np.array([FER2013.index(_SAME.get(c, c)) for c in RAFDB])
 AFFECTNET_TO_FER2013 = np.array([FER2013.index(_SAME.get(c, c)) for c in AFFECTNET])
 CONTEMPT, NON_FACE = AFFECTNET.index("contempt"), 10
 N_IDS = len(AFFECTNET) + len(AFFECTNET_NOT_CLASSES)
+# (valence, arousal) centre of each AffectNet class on Russell's circumplex, roughly where the dataset's own
+# annotations cluster; a face's values are drawn around its class's centre
+VA_CENTRES = {"neutral": (0.0, 0.0), "happy": (0.65, 0.25), "sad": (-0.6, -0.25), "surprise": (0.2, 0.65),
+              "fear": (-0.5, 0.6), "disgust": (-0.6, 0.35), "anger": (-0.55, 0.55), "contempt": (-0.45, 0.2)}
+VA_NOISE = 0.15  # standard deviation around the centre
+VA_MISSING_EVERY = 11  # every 11th class row has no VA (-2), so the masking is exercised; ids 9 and 10 never do
 
 
 def _draw(counts: tuple[int, ...], n: int, rng: np.random.Generator, cover: int) -> np.ndarray:
@@ -137,16 +144,27 @@ def affectnet_faces(ids: np.ndarray, seed: int, difficulty: float, size: int) ->
     return faces
 
 
+def affectnet_va(ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, 2) float valence/arousal of expression ids 0..10: around the class's centre (clipped to [-1, 1]) for
+    ids 0-7, anywhere for 8 (none), -2 (not annotated) for 9 (uncertain), 10 (non-face) and every
+    VA_MISSING_EVERY-th class row."""
+    centres = np.array([VA_CENTRES[c] for c in AFFECTNET])  # (8, 2)
+    va = np.clip(centres[np.minimum(ids, len(AFFECTNET) - 1)] + rng.normal(0, VA_NOISE, (len(ids), 2)), -1, 1)
+    va[ids == 8] = rng.uniform(-1, 1, (int((ids == 8).sum()), 2))
+    missing = (ids >= 9) | ((np.arange(len(ids)) % VA_MISSING_EVERY == VA_MISSING_EVERY - 1) & (ids < len(AFFECTNET)))
+    va[missing] = -2.0
+    return va.round(6)
+
+
 HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
 _ANGLES = np.linspace(0, 2 * np.pi, 68, endpoint=False)
 LANDMARKS = np.stack([0.5 + 0.4 * np.cos(_ANGLES), 0.55 + 0.4 * np.sin(_ANGLES)], 1)  # (68, 2) in the unit box
 
 
-def _release_row(sub: str, box: tuple[int, int, int, int], expression: int, rng: np.random.Generator) -> str:
-    """One CSV line: path, face box, 68 landmarks (x;y;...), expression, valence, arousal (-2 for ids 8-10)."""
+def _release_row(sub: str, box: tuple[int, int, int, int], expression: int, va: np.ndarray) -> str:
+    """One CSV line: path, face box, 68 landmarks (x;y;...), expression, valence, arousal (-2: not annotated)."""
     x, y, w, h = box
     marks = ";".join(f"{v:.2f}" for v in (LANDMARKS * [abs(w), h] + [x, y]).ravel())
-    va = (-2.0, -2.0) if expression >= len(AFFECTNET) else tuple(np.round(rng.uniform(-1, 1, 2), 6))
     return f"{sub},{x},{y},{w},{h},{marks},{expression},{va[0]:g},{va[1]:g}"
 
 
@@ -160,6 +178,7 @@ def write_affectnet(root: str | Path, num_images: int, seed: int = 0, difficulty
     rng = np.random.default_rng([seed, 2017])
     ids, is_val = affectnet_ids(num_images, val_fraction, rng)
     faces = affectnet_faces(ids, seed, difficulty, size)
+    va = affectnet_va(ids, np.random.default_rng([seed, 2018]))
     odd = np.flatnonzero(~is_val & (ids < len(AFFECTNET)) & (np.arange(num_images) >= N_IDS))  # not a cover row
     negative = int(odd[0]) if len(odd) else -1
     lines: dict[bool, list[str]] = {False: [HEADER], True: []}
@@ -170,7 +189,7 @@ def write_affectnet(root: str | Path, num_images: int, seed: int = 0, difficulty
             sub = f"{int(rng.integers(1, 1000))}/{rng.bytes(20).hex()}{ext}"
             save_image(tmp / "Manually_Annotated_Images" / sub, photo)
             box = (x, y, -size if i == negative else size, size)
-            lines[val].append(_release_row(sub, box, expression, rng))
+            lines[val].append(_release_row(sub, box, expression, va[i]))
         lists = tmp / "Manually_Annotated_file_lists"
         lists.mkdir()
         (lists / "training.csv").write_text("\n".join(lines[False]) + "\n")
@@ -181,12 +200,14 @@ def write_affectnet(root: str | Path, num_images: int, seed: int = 0, difficulty
 def write_affectnet2021(root: str | Path, num_images: int, seed: int = 0, difficulty: float = 0.5, size: int = 96,
                         val_fraction: float = 0.1) -> Path:
     """March 2021: {train_set,val_set}/images/<n>.jpg (cropped faces) and annotations/<n>_{exp,val,aro,lnd}.npy,
-    ids 0..7 only (stored as numpy strings, as released), n counting up with gaps."""
+    ids 0..7 only (expression, valence and arousal stored as numpy strings, as released; -2: no VA), n counting
+    up with gaps."""
     rng = np.random.default_rng([seed, 2021])
     n_val = min(max(round(num_images * val_fraction), 1 if num_images > 1 else 0), num_images - 1)
     ids = np.concatenate([_draw(AFFECTNET_TRAIN_COUNTS[: len(AFFECTNET)], num_images - n_val, rng, len(AFFECTNET)),
                           np.arange(n_val) % len(AFFECTNET)])
     faces = affectnet_faces(ids, seed, difficulty, size)
+    va = affectnet_va(ids, np.random.default_rng([seed, 2022]))
     numbers = np.cumsum(rng.integers(1, 4, num_images)) - 1
     with atomic_dir(root) as tmp:
         for i, (face, expression, n) in enumerate(zip(faces, ids.tolist(), numbers.tolist(), strict=True)):
@@ -195,7 +216,7 @@ def write_affectnet2021(root: str | Path, num_images: int, seed: int = 0, diffic
             notes = folder / "annotations"
             notes.mkdir(parents=True, exist_ok=True)
             np.save(notes / f"{n}_exp.npy", np.array(str(expression)))
-            for key, value in zip(("val", "aro"), rng.uniform(-1, 1, 2).tolist(), strict=True):
-                np.save(notes / f"{n}_{key}.npy", np.array(f"{value:.6f}"))
+            for key, value in zip(("val", "aro"), va[i].tolist(), strict=True):
+                np.save(notes / f"{n}_{key}.npy", np.array(f"{value:g}"))
             np.save(notes / f"{n}_lnd.npy", (LANDMARKS * size).ravel().round(2))
     return Path(root)

@@ -19,6 +19,7 @@ import numpy as np
 from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
+from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.runner import require_checkpoint
 from ferlab.stored import check_plain, plain_list, refused
 from ferlab.weights import is_builtin
@@ -29,7 +30,8 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 @dataclass
 class LoadedModel:
-    """A runnable model: `run(x)` maps normalized (N, C, S, S) float32 to (N, K) float32 logits.
+    """A runnable model: `run(x)` maps normalized (N, C, S, S) float32 to (N, outputs) float32: K class logits,
+    and/or valence and arousal, as `head` says (`ferlab.lit.heads`).
 
     trained_on: the `data.name` the network was trained on, where known (e.g. "synthetic").
     """
@@ -40,10 +42,16 @@ class LoadedModel:
     source: Path
     backend: str
     trained_on: str | None = None
+    head: Head | None = None
+
+    def __post_init__(self) -> None:
+        if self.head is None:
+            self.head = classes_head(len(self.class_names))
 
 
 def model_metadata(restored: Any) -> dict[str, Any]:
-    """What an exported file needs to be fed and read: input spec, class names, where it came from."""
+    """What an exported file needs to be fed and read: input spec, class names, which output column is what
+    (`head`: class logits, valence, arousal), where it came from."""
     return {
         "class_names": restored.class_names,
         "in_chans": restored.in_chans,
@@ -53,6 +61,7 @@ def model_metadata(restored: Any) -> dict[str, Any]:
         "model": restored.config.get("model", {}).get("_target_"),
         "checkpoint": str(restored.path),
         "data": (restored.config.get("data") or {}).get("name"),
+        "head": restored.head.describe(),
     }
 
 
@@ -84,6 +93,11 @@ def _parse_meta(text: str | bytes | None, path: Path) -> dict[str, Any]:
     return meta
 
 
+def _head(meta: dict[str, Any], path: Path) -> Head:
+    """The output head an exported file's metadata describes (files from before heads: class logits)."""
+    return stored_head(meta.get("head"), len(meta["class_names"]), f"{path} metadata")
+
+
 def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Mapping | None = None) -> LoadedModel:
     """The network rebuilt from a ferlab checkpoint, on `device` (auto: CUDA when available).
 
@@ -103,7 +117,7 @@ def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Map
     def run(x: np.ndarray) -> np.ndarray:
         return r.net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"))
+    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"), r.head)
 
 
 def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
@@ -126,7 +140,8 @@ def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> L
     def run(x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript", meta.get("data"))
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript", meta.get("data"),
+                       _head(meta, path))
 
 
 def onnx_session(path: Path, threads: int = 0) -> Any:
@@ -151,7 +166,8 @@ def load_onnx(path: Path, color: str, device: str, threads: int = 0) -> LoadedMo
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
 
-    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx", meta.get("data"))
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx", meta.get("data"),
+                       _head(meta, path))
 
 
 LOADERS = {"torch": load_torch, "torchscript": load_torchscript, "onnx": load_onnx}

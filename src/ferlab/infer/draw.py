@@ -1,4 +1,5 @@
-"""Annotated frames with OpenCV drawing: a box and "label prob" per face, a bar per class, optional FPS."""
+"""Annotated frames with OpenCV drawing: a box and "label prob" (and valence/arousal) per face, a bar per class,
+optional FPS."""
 
 from __future__ import annotations
 
@@ -56,11 +57,11 @@ def annotate(
     scale = max(0.5, min(img.shape[:2]) / 600)  # readable on a 48 px crop and on a 1080p frame
     for face in faces:
         x, y, w, h = face.box
-        color = PALETTE[list(class_names).index(face.label) % 10]
+        color = PALETTE[list(class_names).index(face.label) % 10] if face.label else PALETTE[0]
         cv2.rectangle(img, (x, y), (x + w, y + h), color, max(1, round(2 * scale)))
         label_y = y - 6 if y - 6 > 20 * scale else y + h + round(20 * scale)
-        _text(img, f"{face.label} {face.prob:.2f}", (x, label_y), 0.6 * scale, (255, 255, 255), color)
-        if bars:
+        _text(img, face.caption(), (x, label_y), 0.6 * scale, (255, 255, 255), color)
+        if bars and class_names:
             _bars(img, face, class_names, scale)
     if fps is not None:
         _text(img, f"{fps:.1f} FPS", (8, round(28 * scale)), 0.7 * scale, (255, 255, 255), (0, 0, 0))

@@ -1,9 +1,10 @@
 """What `ferlab predict` found, written as predictions.csv (one row per face) and predictions.json.
 
 predictions.csv columns: file, frame (0 for images), face (index in the frame, left to right),
-x, y, w, h (box in pixels), label, prob (top class and its probability), p_<class> for every class.
+x, y, w, h (box in pixels), label, prob (top class and its probability), p_<class> for every class, and
+valence, arousal for a model with valence/arousal outputs (a VA-only model has no label, prob or p_ columns).
 predictions.json: model facts, a summary (counts, files without a face, skipped files and why) and
-one entry per classified frame with its faces, boxes and all class probabilities.
+one entry per classified frame with its faces, boxes, all class probabilities and valence/arousal.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ OUTPUT_FILES = ("predictions.csv", "predictions.json")
 class PredictionLog:
     """Collects faces per file and frame, files without faces, and skipped files."""
 
-    def __init__(self, class_names: list[str], model: dict[str, Any]) -> None:
-        self.class_names, self.model = class_names, model
+    def __init__(self, class_names: list[str], model: dict[str, Any], va: bool = False) -> None:
+        self.class_names, self.model, self.va = class_names, model, va
         self.rows: list[list[Any]] = []
         self.entries: list[dict[str, Any]] = []
         self.no_face: list[str] = []
@@ -37,7 +38,9 @@ class PredictionLog:
     def add(self, file: str, frame: int, faces: list[Face], time_s: float | None = None) -> None:
         """Record one classified frame (an image is frame 0)."""
         for i, f in enumerate(faces):
-            self.rows.append([file, frame, i, *f.box, f.label, f"{f.prob:.6f}", *(f"{p:.6f}" for p in f.probs)])
+            classes = [f.label, f"{f.prob:.6f}", *(f"{p:.6f}" for p in f.probs)] if self.class_names else []
+            va = [f"{v:.6f}" for v in f.va] if self.va and f.va is not None else []
+            self.rows.append([file, frame, i, *f.box, *classes, *va])
         entry: dict[str, Any] = {"file": file, "frame": frame}
         if time_s is not None:
             entry["time_s"] = round(time_s, 4)
@@ -58,7 +61,7 @@ class PredictionLog:
 
     def summary(self) -> dict[str, Any]:
         """Counts and lists for the JSON and the printed table."""
-        labels = Counter(row[7] for row in self.rows)
+        labels = Counter(row[7] for row in self.rows) if self.class_names else Counter()
         return {
             "files": self.files,
             "frames": len(self.entries),
@@ -74,8 +77,9 @@ class PredictionLog:
         """predictions.csv and predictions.json in `out_dir`, each written atomically."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "frame", "face", "x", "y", "w", "h", "label", "prob",
-                         *(f"p_{c}" for c in self.class_names)])
+        classes = ["label", "prob", *(f"p_{c}" for c in self.class_names)] if self.class_names else []
+        writer.writerow(["file", "frame", "face", "x", "y", "w", "h", *classes,
+                         *(["valence", "arousal"] if self.va else [])])
         writer.writerows(self.rows)
         csv_path = atomic_write_text(out_dir / OUTPUT_FILES[0], buf.getvalue())
         doc = {"model": self.model, "class_names": self.class_names, "summary": self.summary(),

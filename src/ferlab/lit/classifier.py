@@ -12,6 +12,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ferlab.analysis.tta import TestTimeAugment
 from ferlab.lit.finetune import build_optimizer, in_backbone
+from ferlab.lit.heads import Head
+from ferlab.lit.multitask import MultiTask
 from ferlab.version import version_info
 
 
@@ -37,6 +39,8 @@ class Classifier(pl.LightningModule):
         fresh_modules: top-level modules of `net` initialised anew where the rest was loaded (`model.pretrained`,
             `init_from`): they learn like the head, outside the backbone.
         tta: test-time augmentation applied in test steps (`tta=`), or None for one plain forward pass.
+        head: what the net's outputs are (`head=`); one with valence/arousal outputs hands the steps to
+            `ferlab.lit.multitask.MultiTask`. None: K class logits.
     """
 
     def __init__(
@@ -53,10 +57,11 @@ class Classifier(pl.LightningModule):
         backbone_lr_mult: float = 1.0,
         fresh_modules: Sequence[str] = (),
         tta: TestTimeAugment | None = None,
+        head: Head | None = None,
     ) -> None:
         super().__init__()
         # plain containers only, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss", "tta"], logger=False)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss", "tta", "head"], logger=False)
         self.net = net
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -74,6 +79,7 @@ class Classifier(pl.LightningModule):
         # divides the summed image count by the world size as an integer
         self.val_loss = MeanMetric()
         self.test_loss = nn.ModuleList([MeanMetric() for _ in self.test_prefixes])
+        self.multitask = MultiTask(head, self.test_prefixes) if head is not None and head.has_va else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -96,6 +102,8 @@ class Classifier(pl.LightningModule):
         return y.argmax(1) if y.ndim == 2 else y
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        if self.multitask is not None:  # (x, y, valence/arousal targets)
+            return self.multitask.training_step(self, batch)
         # (x, y) or, with batch mixing, (x, mixed soft targets (B, K), the images' own class ids (B,))
         x, y, *hard = batch
         logits = self(x)
@@ -107,6 +115,8 @@ class Classifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.multitask is not None:
+            return self.multitask.validation_step(self, batch)
         x, y = batch
         logits = self(x)
         self.val_loss.update(self.loss_fn(logits, y), weight=len(x))
@@ -115,6 +125,8 @@ class Classifier(pl.LightningModule):
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(x))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.multitask is not None:
+            return self.multitask.test_step(self, batch, dataloader_idx)
         x, y = batch
         prefix, y = self.test_prefixes[dataloader_idx], self.hard_targets(y)
         if self.tta is None:
@@ -144,7 +156,8 @@ class Classifier(pl.LightningModule):
         return out
 
     def on_test_epoch_end(self) -> None:
-        for prefix, f1 in zip(self.test_prefixes, self.test_f1, strict=False):
+        classes = self.multitask is None or self.multitask.head.has_classes
+        for prefix, f1 in zip(self.test_prefixes, self.test_f1 if classes else [], strict=False):
             for name, value in zip(self.hparams.class_names, f1.compute(), strict=False):
                 self.log(f"{prefix}/f1/{name}", value, add_dataloader_idx=False)
             f1.reset()

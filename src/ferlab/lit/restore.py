@@ -21,6 +21,7 @@ from torch import nn
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
 from ferlab.lit.ckpt_file import load_checkpoint, net_weights
+from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.lit.user_errors import error_line
 from ferlab.models.registry import builder_for_target
 from ferlab.stored import plain_list, refused, target_and_kwargs
@@ -34,7 +35,8 @@ class Restored:
     config: the resolved run config (plain dict) the checkpoint was trained with; its `model` and `data`
     sections have been checked (plain values, registered builder and reader), the rest is never used to build.
     class_names: label order of the head; in_chans, image_size, mean, std: the input it expects
-    (float images in [0, 1] are normalized as (x - mean) / std).
+    (float images in [0, 1] are normalized as (x - mean) / std). head: what the net's outputs are (class logits,
+    valence/arousal or both; `ferlab.lit.heads`), rebuilt from the stored `head` config's plain values.
     """
 
     net: nn.Module
@@ -45,6 +47,11 @@ class Restored:
     mean: list[float]
     std: list[float]
     path: Path
+    head: Head | None = None
+
+    def __post_init__(self) -> None:
+        if self.head is None:  # a plain classifier over its class names
+            self.head = classes_head(len(self.class_names))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float in [0, 1] -> the network's input scale."""
@@ -142,11 +149,12 @@ def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
     mean, std = _norm_stats(checkpoint, data, in_chans, where)
     names = (checkpoint.get("hyper_parameters") or {}).get("class_names") or data.get("class_names") or []
     class_names = plain_list(list(names) if isinstance(names, (list, tuple)) else names, "class_names", where, str)
+    head = stored_head(config.get("head"), len(class_names), where)
     name, build = model_builder(config["model"], where, model)
     net = rebuild(name, build, where)
     load_net_weights(net, checkpoint, where)
     return Restored(net=net.eval().to(map_location), config=config, class_names=list(class_names),
-                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path)
+                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path, head=head)
 
 
 def check_classes(restored: Restored, num_classes: int, where: str) -> None:

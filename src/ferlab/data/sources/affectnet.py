@@ -4,7 +4,11 @@ Release: `Manually_Annotated_file_lists/training.csv` and `validation.csv` (colu
 face_y,face_width,face_height,facial_landmarks,expression,valence,arousal`; a file without the header line is read
 by position) and the images under `Manually_Annotated_Images/<subDirectory_filePath>` (also found one level down in
 `Manually_Annotated/`), each cropped to its face box, clamped to the image. 2021: `train_set/images/<n>.jpg` with
-`train_set/annotations/<n>_exp.npy` (already cropped faces), `val_set/` the same.
+`train_set/annotations/<n>_exp.npy`, `<n>_val.npy` and `<n>_aro.npy` (already cropped faces), `val_set/` the same.
+
+Valence and arousal (in [-1, 1]) become `FERData.va`, NaN where the value is -2 (AffectNet's "not annotated": the
+uncertain and non-face rows) or, in the 2021 layout, where an image has no `_val.npy`/`_aro.npy`; any other value
+outside [-1, 1] is refused with its file and line.
 
 Expression ids 0..7 are the classes of ferlab.labels.AFFECTNET; 8 (none), 9 (uncertain) and 10 (non-face) rows
 are dropped and counted, and so are rows with a box of negative (or zero) width or height. The validation list is
@@ -34,6 +38,8 @@ SETS_2021 = {"train_set": "train", "val_set": "test"}
 CLASSES = (7, 8)
 MAX_ID = max(AFFECTNET_NOT_CLASSES)
 WHERE = "AffectNet comes from its authors on request (mohammadmahoor.com/affectnet)"
+VA = ("valence", "arousal")
+NOT_ANNOTATED = -2.0  # AffectNet's valence/arousal of an image without them
 
 
 def _is_number(value: str) -> bool:
@@ -63,8 +69,22 @@ def expression_id(value: object, where: str) -> int:
     return int(number)
 
 
-def read_list(path: Path) -> list[tuple[str, tuple[int, int, int, int], int, str]]:
-    """(image sub-path, face box, expression id, `file:line`) of every row of an AffectNet CSV list.
+def va_value(value: object, name: str, where: str) -> float:
+    """A valence or arousal value in [-1, 1], NaN for -2 (not annotated); anything else names `where`."""
+    number = _number(str(value), name, where)
+    if number == NOT_ANNOTATED:
+        return float("nan")
+    if not -1.0 <= number <= 1.0:
+        raise FerlabError(f"{where}: {name} {str(value).strip()!r} is outside [-1, 1] (-2: not annotated)")
+    return number
+
+
+Row = tuple[str, tuple[int, int, int, int], int, tuple[float, float], str]
+
+
+def read_list(path: Path) -> list[Row]:
+    """(image sub-path, face box, expression id, (valence, arousal), `file:line`) of every row of an AffectNet
+    CSV list; (NaN, NaN) where the list has no VA columns.
 
     The header line is detected (a first row naming the `expression` column), not assumed; without it the
     columns are taken in the release's order.
@@ -83,8 +103,9 @@ def read_list(path: Path) -> list[tuple[str, tuple[int, int, int, int], int, str
             if len(fields) != index["fields"]:
                 raise FerlabError(f"{where}: expected {index['fields']} fields, found {len(fields)}")
             box = tuple(round(_number(fields[index[c]], c, where)) for c in BOX)
+            va = tuple(va_value(fields[index[c]], c, where) if c in index else float("nan") for c in VA)
             rows.append((fields[index[COLUMNS[0]]].strip(), box, expression_id(fields[index["expression"]], where),
-                         where))
+                         va, where))
     return rows
 
 
@@ -110,6 +131,8 @@ class AffectNet(ListedImages):
         classes: 8 (with contempt) | 7 (contempt rows dropped too). A decode setting: each has its own cache.
         image_size, channels, on_bad_sample, max_pixels: as for every decoded source (`ListedImages`).
     """
+
+    provides_va = True  # FERData.va: valence/arousal targets (head=va|expr_va)
 
     def __init__(self, root: str, classes: int = 8, image_size: int = 224, channels: int = 3,
                  on_bad_sample: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -137,7 +160,8 @@ class AffectNet(ListedImages):
                 for s in SETS_2021 for d in ("images", "annotations")]
 
     def settings(self) -> dict:
-        return {"format": "affectnet", "classes": self.classes, **self.decode_settings()}
+        return {"format": "affectnet", "classes": self.classes, "targets": ["expression", *VA],
+                **self.decode_settings()}
 
     def prepare(self) -> None:
         self.files()
@@ -147,7 +171,9 @@ class AffectNet(ListedImages):
         listing = self._list_release() if release else self._list_2021()
         meta = {"layout": "AffectNet release (CSV lists)" if release else "AffectNet 2021", "root": str(self.root),
                 "classes": self.classes}
-        return self.decode(listing, meta)
+        data = self.decode(listing, meta)
+        data.meta["va_annotated"] = int(np.isfinite(data.va).all(1).sum())  # rows with valence and arousal
+        return data
 
     def _keep(self, listing: Listing, expression: int) -> bool:
         """Whether a row of this id is a class here; the others are counted by name."""
@@ -164,19 +190,19 @@ class AffectNet(ListedImages):
         raise FerlabError(f"AffectNet images not found: expected {' or '.join(str(self.root / d) for d in IMAGE_DIRS)}")
 
     def _list_release(self) -> Listing:
-        images, listing = self._image_dir(), Listing(boxes=[])
+        images, listing = self._image_dir(), Listing(boxes=[], va=[])
         for path in self.files():
-            for sub, box, expression, where in read_list(path):
+            for sub, box, expression, va, where in read_list(path):
                 if not self._keep(listing, expression):
                     continue
                 if box[2] <= 0 or box[3] <= 0:
                     listing.drop("invalid_box")
                     continue
-                listing.add(images / sub, expression, LISTS[path.name], where, box)
+                listing.add(images / sub, expression, LISTS[path.name], where, box, va)
         return listing
 
     def _list_2021(self) -> Listing:
-        listing = Listing()
+        listing = Listing(va=[])
         for folder, split in SETS_2021.items():
             images = {p.stem: p for p in (self.root / folder / "images").iterdir() if is_image_file(p)}
             notes = sorted((self.root / folder / "annotations").glob("*_exp.npy"), key=_numeric)
@@ -184,7 +210,8 @@ class AffectNet(ListedImages):
                 expression = expression_id(_npy_value(note), str(note))
                 n = note.name[: -len("_exp.npy")]
                 if self._keep(listing, expression):
-                    listing.add(images.get(n, note.parent.parent / "images" / f"{n}.jpg"), expression, split, str(note))
+                    listing.add(images.get(n, note.parent.parent / "images" / f"{n}.jpg"), expression, split, str(note),
+                                va=_va_2021(note.parent, n))
             labelled = {note.name[: -len("_exp.npy")] for note in notes}
             unlabelled = sum(1 for n in images if n not in labelled)
             if unlabelled:  # an image without an annotation has no label: left out, counted
@@ -198,12 +225,18 @@ def _numeric(path: Path) -> tuple[int, str]:
     return (int(stem), "") if stem.isdigit() else (1 << 62, path.name)
 
 
-def _npy_value(path: Path) -> object:
-    """The one value of a 2021 annotation file (a numpy string like '3', or a number)."""
+def _va_2021(folder: Path, n: str) -> tuple[float, float]:
+    """(valence, arousal) of image `n` from `<n>_val.npy` and `<n>_aro.npy`; NaN where a file is absent."""
+    return tuple(va_value(_npy_value(path, name), name, str(path)) if path.is_file() else float("nan")
+                 for name, path in zip(VA, (folder / f"{n}_val.npy", folder / f"{n}_aro.npy"), strict=True))
+
+
+def _npy_value(path: Path, what: str = "expression id") -> object:
+    """The one value of a 2021 annotation file (a numpy string like '3' or '-0.176846', or a number)."""
     try:
         value = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise FerlabError(f"{path}: not a readable .npy annotation ({e})") from None
     if value.size != 1:
-        raise FerlabError(f"{path}: expected one expression id, found an array of shape {value.shape}")
+        raise FerlabError(f"{path}: expected one {what}, found an array of shape {value.shape}")
     return value.item()

@@ -30,6 +30,8 @@ class FERData:
     `train_targets` says what train batches carry: "index" (targets), "distribution" (soft_targets rows)
     or "sample" (a class drawn from the soft_targets row each time the image is drawn).
     `meta` carries counts worth logging (rows read, rows dropped and why).
+    `va` (N,2) float32 holds valence and arousal in [-1, 1] where the format has them (AffectNet), NaN in a row
+    without an annotation.
     """
 
     images: np.ndarray
@@ -40,6 +42,7 @@ class FERData:
     train_targets: str = "index"
     digests: np.ndarray | None = None
     pixel_std: np.ndarray | None = None
+    va: np.ndarray | None = None
 
     def indices(self, name: str) -> np.ndarray:
         """Row indices of one split."""

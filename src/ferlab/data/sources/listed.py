@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Listing:
-    """Rows to decode: image paths, labels (0-based), split names, optional (x, y, w, h) boxes, and where each
-    row was listed (`file:line` or a file) for error messages. `dropped` counts rows left out, by reason."""
+    """Rows to decode: image paths, labels (0-based), split names, optional (x, y, w, h) boxes, optional
+    (valence, arousal) pairs (NaN: not annotated), and where each row was listed (`file:line` or a file) for error
+    messages. `dropped` counts rows left out, by reason."""
 
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -32,14 +33,18 @@ class Listing:
     boxes: list[tuple[int, int, int, int]] | None = None
     where: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    va: list[tuple[float, float]] | None = None
 
-    def add(self, path: Path, label: int, split: str, where: str, box: tuple[int, int, int, int] | None = None) -> None:
+    def add(self, path: Path, label: int, split: str, where: str, box: tuple[int, int, int, int] | None = None,
+            va: tuple[float, float] | None = None) -> None:
         self.paths.append(path)
         self.labels.append(label)
         self.splits.append(split)
         self.where.append(where)
         if self.boxes is not None:  # a listing with boxes (Listing(boxes=[])) has one per row
             self.boxes.append(box)
+        if self.va is not None:  # likewise a listing with VA (Listing(va=[]))
+            self.va.append(va)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -52,6 +57,7 @@ class Listing:
         self.splits = [self.splits[i] for i in pick]
         self.where = [self.where[i] for i in pick]
         self.boxes = None if self.boxes is None else [self.boxes[i] for i in pick]
+        self.va = None if self.va is None else [self.va[i] for i in pick]
 
 
 class ListedImages:
@@ -118,4 +124,5 @@ class ListedImages:
         labels = np.array(listing.labels, dtype=np.int64)[decoded.good]
         split = np.array([SPLITS.index(s) for s in listing.splits], dtype=np.int8)[decoded.good]
         meta.update(dropped=dict(listing.dropped), bad_samples=decoded.bad_meta(), decoded=count_splits(split))
-        return FERData(images=decoded.images, targets=labels, split=split, meta=meta)
+        va = None if listing.va is None else np.array(listing.va, dtype=np.float32).reshape(-1, 2)[decoded.good]
+        return FERData(images=decoded.images, targets=labels, split=split, meta=meta, va=va)
