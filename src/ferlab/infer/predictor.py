@@ -9,26 +9,34 @@ from typing import Any
 import numpy as np
 
 from ferlab.infer.backends import LoadedModel
+from ferlab.infer.detect import Detections, detect_faces
 from ferlab.infer.preprocess import to_model_input
 
 
 @dataclass
 class Face:
-    """One classified face. box: [x, y, w, h] in frame pixels; probs: (K,) softmax over the class names."""
+    """One classified face. box: [x, y, w, h] in frame pixels; probs: (K,) softmax over the class names;
+    score: the detector's confidence (1.0 where it gives none); landmarks: five [x, y] (template order) or None."""
 
     box: list[int]
     probs: np.ndarray
     label: str
     prob: float
+    score: float = 1.0
+    landmarks: list[list[float]] | None = None
 
     def as_dict(self, class_names: list[str]) -> dict[str, Any]:
         """Plain values for JSON."""
-        return {
+        out = {
             "box": self.box,
             "label": self.label,
             "prob": float(self.prob),
             "probs": {name: float(p) for name, p in zip(class_names, self.probs, strict=True)},
+            "score": round(float(self.score), 6),
         }
+        if self.landmarks is not None:
+            out["landmarks"] = self.landmarks
+        return out
 
 
 @dataclass
@@ -49,34 +57,45 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """A face detector plus a loaded model (any backend); `predictor(frame)` -> list of `Face`."""
+    """A face detector plus a loaded model (any backend); `predictor(frame)` -> list of `Face`.
+
+    Faces are cropped by their boxes (grown by `detector.margin`), or aligned from their landmarks when the
+    detector says `align` (onto the template with `detector.align_margin`).
+    """
 
     def __init__(self, model: LoadedModel, detector: Any) -> None:
         self.model, self.detector = model, detector
         self.class_names = model.class_names
         self.timing = Timing()
 
-    def classify(self, frame: np.ndarray, boxes: np.ndarray) -> list[Face]:
-        """Classify the given boxes of a BGR frame in one batch."""
-        if len(boxes) == 0:
+    def classify(self, frame: np.ndarray, found: Detections | np.ndarray) -> list[Face]:
+        """Classify the given faces (a `Detections`, or bare (N, 4) boxes) of a BGR frame in one batch."""
+        if not isinstance(found, Detections):
+            boxes = np.asarray(found, dtype=np.int64).reshape(-1, 4)
+            found = Detections(boxes, np.ones(len(boxes), np.float32))
+        if len(found) == 0:
             return []
-        x = to_model_input(frame, boxes, self.model.spec, self.detector.margin)  # (N, C, S, S)
+        aligned = bool(getattr(self.detector, "align", False)) and found.landmarks is not None
+        x = to_model_input(frame, found.boxes, self.model.spec, getattr(self.detector, "margin", 0.0),
+                           found.landmarks if aligned else None,
+                           getattr(self.detector, "align_margin", 0.0))  # (N, C, S, S)
         logits = np.asarray(self.model.run(x), dtype=np.float64)  # (N, K)
         if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
             raise RuntimeError(f"model returned logits of shape {logits.shape}, expected (N, {len(self.class_names)})")
         probs = softmax(logits)
         top = probs.argmax(axis=1)
+        marks = [None] * len(found) if found.landmarks is None else np.round(found.landmarks, 2).tolist()
         return [
-            Face([int(v) for v in box], p, self.class_names[k], float(p[k]))
-            for box, p, k in zip(boxes, probs, top, strict=True)
+            Face([int(v) for v in box], p, self.class_names[k], float(p[k]), float(score), m)
+            for box, p, k, score, m in zip(found.boxes, probs, top, found.scores, marks, strict=True)
         ]
 
     def __call__(self, frame: np.ndarray) -> list[Face]:
         """Detect every face of a BGR (H, W, 3) frame and classify them together."""
         t0 = time.perf_counter()
-        boxes = self.detector(frame)
+        found = detect_faces(self.detector, frame)
         t1 = time.perf_counter()
-        faces = self.classify(frame, boxes)
+        faces = self.classify(frame, found)
         t2 = time.perf_counter()
         self.timing.detect += t1 - t0
         self.timing.classify += t2 - t1
