@@ -19,6 +19,7 @@ import numpy as np
 from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
+from ferlab.infer.preprocessing import check_record
 from ferlab.runner import require_checkpoint
 from ferlab.stored import check_plain, plain_list, refused
 
@@ -31,6 +32,7 @@ class LoadedModel:
     """A runnable model: `run(x)` maps normalized (N, C, S, S) float32 to (N, K) float32 logits.
 
     trained_on: the `data.name` the network was trained on, where known (e.g. "synthetic").
+    preprocessing: how its inputs were made (`ferlab.infer.preprocessing` record), None where not recorded.
     """
 
     run: Any
@@ -39,6 +41,7 @@ class LoadedModel:
     source: Path
     backend: str
     trained_on: str | None = None
+    preprocessing: dict[str, Any] | None = None
 
 
 def model_metadata(restored: Any) -> dict[str, Any]:
@@ -52,6 +55,7 @@ def model_metadata(restored: Any) -> dict[str, Any]:
         "model": restored.config.get("model", {}).get("_target_"),
         "checkpoint": str(restored.path),
         "data": (restored.config.get("data") or {}).get("name"),
+        "preprocessing": restored.preprocessing,
     }
 
 
@@ -80,7 +84,7 @@ def _parse_meta(text: str | bytes | None, path: Path) -> dict[str, Any]:
     for key in ("in_chans", "image_size"):
         if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
             raise refused(where, key, f"expected a positive integer, got {meta[key]!r}"[:120])
-    return meta
+    return {**meta, "preprocessing": check_record(meta.get("preprocessing"), where)}
 
 
 def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Mapping | None = None) -> LoadedModel:
@@ -102,7 +106,8 @@ def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Map
     def run(x: np.ndarray) -> np.ndarray:
         return r.net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"))
+    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"),
+                       r.preprocessing)
 
 
 def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
@@ -125,7 +130,8 @@ def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> L
     def run(x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript", meta.get("data"))
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript", meta.get("data"),
+                       meta.get("preprocessing"))
 
 
 def onnx_session(path: Path, threads: int = 0) -> Any:
@@ -150,7 +156,8 @@ def load_onnx(path: Path, color: str, device: str, threads: int = 0) -> LoadedMo
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
 
-    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx", meta.get("data"))
+    return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx", meta.get("data"),
+                       meta.get("preprocessing"))
 
 
 LOADERS = {"torch": load_torch, "torchscript": load_torchscript, "onnx": load_onnx}

@@ -118,9 +118,9 @@ class MTCNNDetector(FaceDetector):
     name = "mtcnn"
     has_landmarks = True
 
-    def __init__(self, *, min_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+    def __init__(self, *, min_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9),
                  factor: float = 0.709, max_side: int | None = 1280, margin: float = 0.1, align: bool = False,
-                 align_margin: float = 0.15) -> None:
+                 align_margin: float = 0.1) -> None:
         thresholds = tuple(float(t) for t in thresholds)
         if min_size < 12 or not 0 < factor < 1 or len(thresholds) != 3 or not all(0 <= t <= 1 for t in thresholds):
             raise FerlabError("detector: mtcnn needs min_size >= 12, 0 < factor < 1 and three thresholds in [0, 1]")

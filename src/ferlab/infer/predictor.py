@@ -84,7 +84,7 @@ class Predictor:
             raise RuntimeError(f"model returned logits of shape {logits.shape}, expected (N, {len(self.class_names)})")
         probs = softmax(logits)
         top = probs.argmax(axis=1)
-        marks = [None] * len(found) if found.landmarks is None else np.round(found.landmarks, 2).tolist()
+        marks = [None] * len(found) if found.landmarks is None else np.round(found.landmarks.astype(np.float64), 2).tolist()
         return [
             Face([int(v) for v in box], p, self.class_names[k], float(p[k]), float(score), m)
             for box, p, k, score, m in zip(found.boxes, probs, top, found.scores, marks, strict=True)

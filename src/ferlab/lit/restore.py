@@ -20,6 +20,8 @@ from torch import nn
 
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
+from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
+from ferlab.infer.preprocessing import check_record
 from ferlab.lit.ckpt_file import load_checkpoint, net_weights
 from ferlab.lit.user_errors import error_line
 from ferlab.models.registry import builder_for_target
@@ -44,6 +46,7 @@ class Restored:
     mean: list[float]
     std: list[float]
     path: Path
+    preprocessing: dict[str, Any] | None = None  # `ferlab.infer.preprocessing` record, None in older checkpoints
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float in [0, 1] -> the network's input scale."""
@@ -143,8 +146,9 @@ def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
     name, build = model_builder(config["model"], where, model)
     net = rebuild(name, build, where)
     load_net_weights(net, checkpoint, where)
+    record = check_record(checkpoint.get(PREPROCESSING_KEY), where)
     return Restored(net=net.eval().to(map_location), config=config, class_names=list(class_names),
-                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path)
+                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path, preprocessing=record)
 
 
 def check_classes(restored: Restored, num_classes: int, where: str) -> None:
