@@ -37,6 +37,21 @@ COLORS = ("gray", "rgb")
 FACE_KEYS = ("detector", "settings", "align", "template", "align_margin", "crop_margin", "source")
 
 
+def align_manifest(root: Any) -> dict[str, Any] | None:
+    """The checked `face` record of a `ferlab align` output folder (its align.json), None for other folders."""
+    import json
+    from pathlib import Path
+
+    path = Path(root) / "align.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FerlabError(f"{path}: not a readable ferlab align manifest ({e})") from None
+    return check_face(doc.get("face") if isinstance(doc, dict) else None, str(path))
+
+
 def detector_classes() -> dict[str, type]:
     """The detectors a record may name (imported when needed: OpenCV stays out of training)."""
     from ferlab.infer.detect import HaarFaceDetector, WholeImage
