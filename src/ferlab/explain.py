@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from ferlab.errors import FerlabError
+from ferlab.evaluate import warn_preprocessing
 from ferlab.runner import hydra_task, require_checkpoint
 
 METHOD_NAMES = ("saliency", "gradcam", "filters", "misclassified", "prototypes")
@@ -62,6 +63,7 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     from ferlab.analysis.explain_methods import METHODS, Context
 
     loaded = load(cfg)
+    warn_preprocessing(loaded)
     split, images, targets = choose_split(loaded.datamodule, str(cfg.split))
     out = output_dir(cfg, "explain", explain_name(cfg, loaded.datamodule.name if loaded.data_changed else None))
     writers = [_writer(out)] if cfg.get("tensorboard", True) else []

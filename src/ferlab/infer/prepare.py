@@ -55,9 +55,10 @@ def init_worker(settings: Settings) -> None:
 
 
 def check_landmarks(points: np.ndarray, shape: tuple[int, ...], where: str) -> None:
-    """Five landmarks must lie on their image (a few pixels of slack); else one line naming the landmark file."""
+    """Five landmarks must fit their image: none further off it than half its side (a face running off the photo's
+    edge is fine); else one line naming the landmark file."""
     h, w = shape[:2]
-    slack = 0.05 * max(h, w)
+    slack = 0.5 * max(h, w)
     outside = (points[:, 0] < -slack) | (points[:, 0] > w + slack) | (points[:, 1] < -slack) | (points[:, 1] > h + slack)
     if outside.any():
         raise FerlabError(f"{where}: landmarks {np.round(points[outside], 1).tolist()} lie outside their "

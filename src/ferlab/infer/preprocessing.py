@@ -188,6 +188,20 @@ def differences(recorded: Mapping[str, Any] | None, used: Mapping[str, Any] | No
     return lines
 
 
+def data_differences(recorded: Mapping[str, Any] | None, data: Mapping[str, Any] | None, name: str) -> list[str]:
+    """Lines for an eval/explain whose data's faces were cut otherwise than the checkpoint's training data (the data's
+    record comes from a `ferlab align` folder's align.json; none where nothing is known on either side)."""
+    if recorded and recorded.get("align") and not (data or {}).get("align"):
+        return [f"warning: the model was trained on aligned faces ({label(recorded)}) but data {name!r} records "
+                f"none: unaligned crops lower its accuracy (align raw photos with `ferlab align` first)"]
+    if recorded and data and label(recorded) != label(data):
+        return [f"warning: the model was trained on faces cut by {label(recorded)}; data {name!r} was cut by "
+                f"{label(data)}"]
+    if data and data.get("align") and not recorded:
+        return [f"note: data {name!r} holds aligned faces ({label(data)}); the model records no alignment"]
+    return []
+
+
 def training_record(dm: Any) -> dict[str, Any]:
     """The record of a training run's datamodule: its input size, channels, normalization and, where the data says
     how its faces were cut (a `ferlab align` folder's align.json, exposed as `meta["preprocessing"]`), that."""
