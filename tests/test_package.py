@@ -65,6 +65,8 @@ def test_sdist_and_wheel_carry_every_config(built):
     names = zipfile.ZipFile(built["wheel"]).namelist()
     in_wheel = {n.removeprefix("ferlab/conf/") for n in names if n.startswith("ferlab/conf/") and n.endswith(".yaml")}
     assert in_wheel == expected
+    weights = {f"ferlab/infer/weights/{n}" for n in ("mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx", "NOTICE")}
+    assert weights <= set(names)  # the face detector's networks and their licence travel with the wheel
 
 
 def _ferlab(installed: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -138,9 +138,10 @@ class MTCNNDetector(FaceDetector):
         import cv2
 
         h, w = image.shape[:2]
-        scale, found = 12.0 / min_size, []
+        scale, found, level = 12.0 / min_size, [], image
         while min(h, w) * scale >= 12:
-            level = cv2.resize(image, (math.ceil(w * scale), math.ceil(h * scale)), interpolation=cv2.INTER_AREA)
+            # each level shrunk from the one before: area averaging over a few pixels, not over the whole frame
+            level = cv2.resize(level, (math.ceil(w * scale), math.ceil(h * scale)), interpolation=cv2.INTER_AREA)
             prob, offsets = run_net(self.pnet, normalized(level[None]), 2)  # (1, h', w'), (1, 4, h', w')
             ys, xs = np.nonzero(prob[0] >= self.thresholds[0])  # stride 2, window 12
             if len(ys):
