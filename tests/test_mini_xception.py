@@ -232,8 +232,10 @@ def test_the_builtin_checkpoint_loads_weights_only_with_its_records():
     path = builtin_path("fer2013_mini_xception")
     assert path == resolve_checkpoint("builtin:fer2013_mini_xception") and path.with_name("NOTICE").is_file()
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert checkpoint["ferlab_preprocessing"] == {"detector": "haar", "align": False, "margin": 0.1, "size": [64, 64],
-                                                  "channels": 1, "mean": [0.5], "std": [0.5]}
+    record = checkpoint["ferlab_preprocessing"]  # Haar crops with a 10% margin, not aligned, 64x64 gray in [-1, 1]
+    assert (record["image_size"], record["in_chans"], record["color"], record["mean"], record["std"]) == (
+        64, 1, "gray", [0.5], [0.5])
+    assert (record["face"]["detector"], record["face"]["align"], record["face"]["crop_margin"]) == ("haar", False, 0.1)
     assert checkpoint["ferlab_source"]["sha256"].startswith("59534287fdfb125e")
     restored = restore("builtin:fer2013_mini_xception")
     assert (restored.class_names, restored.image_size, restored.in_chans) == (list(FER2013), 64, 1)

@@ -67,6 +67,8 @@ def test_sdist_and_wheel_carry_every_config(built):
     assert in_wheel == expected
     shipped = ["ferlab/weights/fer2013_mini_xception.ckpt", "ferlab/weights/NOTICE"]  # builtin: weights, licences
     assert all(n in names and (built["tree"] / "src" / n).is_file() for n in shipped), shipped
+    weights = {f"ferlab/infer/weights/{n}" for n in ("mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx", "NOTICE")}
+    assert weights <= set(names)  # the face detector's networks and their licence travel with the wheel
 
 
 def _ferlab(installed: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -277,7 +277,7 @@ def test_task_modules_stay_light_and_help_answers(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr[-2000:]
     r = run_cli("predict", "--help", cwd=tmp_path)
-    assert r.returncode == 0 and "== ferlab predict ==" in r.stdout and "detector: haar, haar_fast, none" in r.stdout
+    assert r.returncode == 0 and "== ferlab predict ==" in r.stdout and "detector: auto, auto_fast, haar, haar_fast, mtcnn, mtcnn_fast, none" in r.stdout
 
 
 def test_a_synthetic_trained_model_says_what_it_can_do(ckpt, photo, tmp_path, capsys):

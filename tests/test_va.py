@@ -219,10 +219,11 @@ def test_predicted_faces_carry_va_in_json_and_on_the_annotated_image():
     both = Face([10, 10, 60, 60], np.array([0.25, 0.75]), "happy", 0.75, (0.61, -0.2))
     assert both.caption() == "happy 0.75 V+0.61 A-0.20"
     assert both.as_dict(["sad", "happy"]) == {"box": [10, 10, 60, 60], "label": "happy", "prob": 0.75,
-                                             "probs": {"sad": 0.25, "happy": 0.75}, "valence": 0.61, "arousal": -0.2}
+                                             "probs": {"sad": 0.25, "happy": 0.75}, "valence": 0.61, "arousal": -0.2,
+                                             "score": 1.0}
     va_only = Face([10, 10, 60, 60], np.zeros(0), "", float("nan"), (0.61, -0.2))
     assert va_only.caption() == "V+0.61 A-0.20"
-    assert va_only.as_dict([]) == {"box": [10, 10, 60, 60], "valence": 0.61, "arousal": -0.2}
+    assert va_only.as_dict([]) == {"box": [10, 10, 60, 60], "valence": 0.61, "arousal": -0.2, "score": 1.0}
     frame = np.zeros((200, 300, 3), np.uint8)
     for face, names in ((both, ["sad", "happy"]), (va_only, [])):
         face.box = [10, 80, 60, 60]

@@ -16,6 +16,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "export": ("ferlab.export", "export a checkpoint to ONNX or TorchScript with a parity check"),
     "eval": ("ferlab.evaluate", "per-class report and confusion matrix of a checkpoint (ckpt_path=... [split=] [tta=])"),
     "explain": ("ferlab.explain", "saliency, Grad-CAM, filters, misclassified images, prototypes (ckpt_path=... method=...)"),
+    "align": ("ferlab.align", "aligned face crops from a folder of photos, class folders kept (input=... output=...)"),
     "init": ("ferlab.starter", "write a starter project: your own conf/ (an experiment, local data paths) [DIR]"),
 }
 

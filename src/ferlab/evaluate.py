@@ -49,6 +49,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     chosen = instantiate(cfg.tta) if cfg.get("tta") else None  # a mistake in tta= answers before loading
     loaded = load(cfg, by_name=True)
     dm, restored, cmap = loaded.datamodule, loaded.restored, loaded.class_map
+    warn_preprocessing(loaded)
     trained = stored_tta(restored.config.get("tta"), str(cfg.ckpt_path))  # what the run was tested with
     tta = chosen or trained
     name = eval_name(cfg, str(cfg.ckpt_path), dm.name if loaded.data_changed else None, tta, trained)
@@ -73,6 +74,18 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             writer.close()
     print_summary(report, paths)
     return {**report, "output_dir": str(out), "files": [str(p) for p in paths]}
+
+
+def warn_preprocessing(loaded: Any) -> None:
+    """One line when the data's faces were cut otherwise than the checkpoint's (e.g. unaligned photos for a model
+    trained on `ferlab align` crops)."""
+    import sys
+
+    from ferlab.infer.preprocessing import data_differences
+
+    recorded = (loaded.restored.preprocessing or {}).get("face")
+    for line in data_differences(recorded, loaded.datamodule.meta.get("preprocessing"), loaded.datamodule.name):
+        print(line, file=sys.stderr)
 
 
 def _check_scored(reports: dict[str, dict], restored: Any, data: str) -> None:

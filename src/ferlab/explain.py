@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from ferlab.errors import FerlabError
+from ferlab.evaluate import warn_preprocessing
 from ferlab.runner import hydra_task, require_checkpoint
 
 METHOD_NAMES = ("saliency", "gradcam", "filters", "misclassified", "prototypes")
@@ -65,6 +66,7 @@ def run_explain(cfg: DictConfig) -> dict[str, Any]:
     if not loaded.restored.head.has_classes:
         raise FerlabError(f"{cfg.ckpt_path} predicts valence/arousal only (head=va): ferlab explain explains class "
                           "scores; a head=expr_va checkpoint has both")
+    warn_preprocessing(loaded)
     split, images, targets = choose_split(loaded.datamodule, str(cfg.split))
     out = output_dir(cfg, "explain", explain_name(cfg, loaded.datamodule.name if loaded.data_changed else None))
     writers = [_writer(out)] if cfg.get("tensorboard", True) else []

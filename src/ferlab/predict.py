@@ -55,6 +55,13 @@ def _check(cfg: DictConfig) -> Path:
     return source
 
 
+def detector_facts(detector: Any, cfg: DictConfig) -> dict[str, Any]:
+    """What predictions.json says of the detector: its config, and the detector and crop actually used."""
+    from ferlab.infer.preprocessing import describe
+
+    return {**OmegaConf.to_container(cfg.detector, resolve=True), "used": describe(detector)}
+
+
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Detect and classify every face of `cfg.input`; write the results; return the summary and paths."""
     from rich.progress import Progress
@@ -69,7 +76,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     model = predictor.model
     records = PredictionLog(predictor.class_names, {
         "backend": model.backend, "path": str(model.source), "input": model.spec.to_dict(),
-        "detector": OmegaConf.to_container(cfg.detector, resolve=True), "head": model.head.describe(),
+        "detector": detector_facts(predictor.detector, cfg), "head": model.head.describe(),
     }, va=model.head.has_va)
     with Progress(disable=not cfg.progress, transient=True) as progress:
         job = Job(predictor, records, out / "annotated" if cfg.annotate else None, progress,

@@ -77,14 +77,20 @@ def _cues(labels: np.ndarray, difficulty: float, rng: np.random.Generator) -> di
     return {name: values[:, i, None, None] for i, name in enumerate(CUES)}
 
 
+def _pose(n: int, difficulty: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Random in-plane rotation (radians), scale and shift of each face, each (N,1,1)."""
+    pose = 0.75 + 1.5 * difficulty  # 1.5 at the default difficulty
+    angle = _u(rng, -0.2, 0.2, n) * pose
+    scale = 1 + _u(rng, -0.1, 0.1, n) * pose
+    tx, ty = _u(rng, -0.1, 0.1, n) * pose, _u(rng, -0.1, 0.1, n) * pose
+    return angle, scale, tx, ty
+
+
 def _canonical_grid(n: int, difficulty: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Face-frame coordinates (u, v), each (N,H,W), of every pixel under a random pose (shift, scale, roll)."""
     axis = (np.arange(SIZE, dtype=np.float32) + 0.5) / SIZE * 2 - 1
     y, x = np.meshgrid(axis, axis, indexing="ij")  # (H, W)
-    pose = 0.75 + 1.5 * difficulty  # 1.5 at the default difficulty
-    angle = _u(rng, -0.2, 0.2, n) * pose  # radians of in-plane rotation
-    scale = 1 + _u(rng, -0.1, 0.1, n) * pose
-    tx, ty = _u(rng, -0.1, 0.1, n) * pose, _u(rng, -0.1, 0.1, n) * pose
+    angle, scale, tx, ty = _pose(n, difficulty, rng)
     cos, sin = np.cos(angle), np.sin(angle)
     xs, ys = (x - tx) / scale, (y - ty) / scale
     return cos * xs + sin * ys, -sin * xs + cos * ys
@@ -208,6 +214,29 @@ def render(labels: np.ndarray, *, seed: int = 0, difficulty: float = 0.5, chunk:
         img = _draw_mouth(img, u, v, ident, cue)
         img = _nuisance(img, n, difficulty, rng)
         out[start : start + n] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def landmarks(labels: np.ndarray, *, seed: int = 0, difficulty: float = 0.5, chunk: int = 256) -> np.ndarray:
+    """The five landmarks of the faces `render` draws for the same arguments: float64 (N, 5, 2) [x, y] in the 48x48
+    image's pixel coordinates, in the template order (eye on the image's left, the other eye, nose tip, mouth corner
+    on the image's left, the other). The same random draws as `render`, without the pixels."""
+    out = np.empty((len(labels), 5, 2))
+    for start in range(0, len(labels), chunk):
+        rng = np.random.default_rng([seed, start])
+        part = labels[start : start + chunk]
+        n = len(part)
+        angle, scale, tx, ty = (a[:, 0, 0].astype(np.float64) for a in _pose(n, difficulty, rng))
+        ident = {k: v[:, 0, 0].astype(np.float64) for k, v in _identity(n, rng).items()}
+        cue = {k: v[:, 0, 0].astype(np.float64) for k, v in _cues(part, difficulty, rng).items()}
+        half = 0.26 * cue["mouth_width"]
+        corner_v = ident["mouth_y"] - 0.05 * cue["mouth_curve"] - 0.04 * cue["lip_raise"]  # the lips' curve at |t| = 1
+        u = np.stack([-ident["eye_dx"], ident["eye_dx"], np.zeros(n), -half, half], 1)  # (n, 5) face frame
+        v = np.stack([ident["eye_y"], ident["eye_y"], np.full(n, 0.2), corner_v, corner_v], 1)
+        cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
+        x = tx[:, None] + scale[:, None] * (cos * u - sin * v)  # inverse of _canonical_grid's rotation and scale
+        y = ty[:, None] + scale[:, None] * (sin * u + cos * v)
+        out[start : start + n] = np.stack([(x + 1) * SIZE / 2 - 0.5, (y + 1) * SIZE / 2 - 0.5], 2)
     return out
 
 

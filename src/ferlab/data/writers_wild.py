@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.synthetic import SIZE, render
+from ferlab.data.synthetic import SIZE, landmarks, render
 from ferlab.data.writers import atomic_dir, save_image
 from ferlab.labels import AFFECTNET, AFFECTNET_NOT_CLASSES, FER2013, RAFDB
 
@@ -83,17 +83,35 @@ def _in_photo(face: np.ndarray, rng: np.random.Generator, edge: bool = False) ->
     return np.clip(photo, 0, 255).astype(np.uint8), (x, y)
 
 
+def face_landmarks(fer_labels: np.ndarray, seed: int, difficulty: float, size: int) -> np.ndarray:
+    """The five landmarks (N, 5, 2) of the rendered faces once resized to size x size (pixel coordinates)."""
+    return (landmarks(fer_labels, seed=seed, difficulty=difficulty) + 0.5) * (size / SIZE) - 0.5
+
+
+def manual_attributes(points: np.ndarray, rng: np.random.Generator) -> str:
+    """A RAF-DB `_manu_attri.txt`: five lines "x<TAB>y" (eye centres, nose tip, mouth corners), then gender (0-2),
+    race (0-2) and age group (0-4)."""
+    lines = [f"{x:.2f}\t{y:.2f}" for x, y in points]
+    return "\n".join([*lines, *(str(int(rng.integers(0, k))) for k in (3, 3, 5))]) + "\n"
+
+
 def write_rafdb(root: str | Path, num_images: int, seed: int = 0, difficulty: float = 0.5, size: int = 100,
                 test_fraction: float = 0.2) -> Path:
-    """The release: basic/EmoLabel/list_patition_label.txt, basic/Image/aligned/*_aligned.jpg, basic/Image/original/*.jpg."""
+    """The release: basic/EmoLabel/list_patition_label.txt, basic/Image/aligned/*_aligned.jpg, basic/Image/original/*.jpg
+    and basic/Annotation/manual/*_manu_attri.txt (the five landmarks of each original photo's face)."""
     faces, labels, splits, names = make_rafdb(num_images, seed, difficulty, size, test_fraction)
+    marks = face_landmarks(RAFDB_TO_FER2013[labels], seed, difficulty, size)
     rng = np.random.default_rng([seed, 100])
     with atomic_dir(root) as tmp:
         basic = tmp / "basic"
-        for face, name in zip(faces, names, strict=True):
+        (basic / "Annotation" / "manual").mkdir(parents=True)
+        for face, name, points in zip(faces, names, marks, strict=True):
             stem = name.rsplit(".", 1)[0]
             save_image(basic / "Image" / "aligned" / f"{stem}_aligned.jpg", face)
-            save_image(basic / "Image" / "original" / name, _in_photo(face, rng)[0])
+            photo, (x, y) = _in_photo(face, rng)
+            save_image(basic / "Image" / "original" / name, photo)
+            text = manual_attributes(points + [x, y], rng)
+            (basic / "Annotation" / "manual" / f"{stem}_manu_attri.txt").write_text(text)
         lines = [f"{name} {y + 1}" for name, y in zip(names, labels.tolist(), strict=True)]
         (basic / "EmoLabel").mkdir(parents=True)
         (basic / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
@@ -156,15 +174,41 @@ def affectnet_va(ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return va.round(6)
 
 
+def affectnet_landmarks(ids: np.ndarray, seed: int, difficulty: float, size: int) -> np.ndarray:
+    """The five landmarks (N, 5, 2) of `affectnet_faces`' faces (for the classes; the others are not faces)."""
+    rng = np.random.default_rng([seed, 8])  # the classes `affectnet_faces` draws for none/uncertain rows
+    fer = np.where(ids < len(AFFECTNET), AFFECTNET_TO_FER2013[np.minimum(ids, len(AFFECTNET) - 1)],
+                   rng.integers(0, len(FER2013), len(ids)))
+    return face_landmarks(fer, seed, difficulty, size)
+
+
 HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
 _ANGLES = np.linspace(0, 2 * np.pi, 68, endpoint=False)
 LANDMARKS = np.stack([0.5 + 0.4 * np.cos(_ANGLES), 0.55 + 0.4 * np.sin(_ANGLES)], 1)  # (68, 2) in the unit box
+_HEXAGON = np.stack([np.cos(np.arange(6) * np.pi / 3), 0.5 * np.sin(np.arange(6) * np.pi / 3)], 1)  # (6, 2)
 
 
-def _release_row(sub: str, box: tuple[int, int, int, int], expression: int, va: np.ndarray) -> str:
+def points_68(five: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """68 iBUG-layout points (68, 2) for a face with these five landmarks in its box: jaw and brows on an ellipse of
+    the box, each eye a hexagon around its centre (36-41, 42-47), the nose tip 30, the mouth corners 48 and 54 with
+    the lips between them; `ferlab.infer.landmarks.five_from_68` gives the five back."""
+    x, y, w, h = box
+    points = LANDMARKS * [abs(w), h] + [x, y]
+    eye_r = 0.3 * np.linalg.norm(five[1] - five[0]) / 2
+    points[36:42], points[42:48] = five[0] + eye_r * _HEXAGON, five[1] + eye_r * _HEXAGON
+    points[27:36] = five[2] + np.linspace(-0.25, 0.05, 9)[:, None] * [0.0, abs(w)]
+    points[30] = five[2]
+    t = np.linspace(0, 1, 7)[:, None]
+    lips = five[3] + t * (five[4] - five[3])
+    points[48:55], points[54:60], points[60:68] = lips, lips[::-1][:6], np.resize(lips[1:-1], (8, 2))
+    points[54], points[48] = five[4], five[3]
+    return points
+
+
+def _release_row(sub: str, box: tuple[int, int, int, int], expression: int, va: np.ndarray, five: np.ndarray) -> str:
     """One CSV line: path, face box, 68 landmarks (x;y;...), expression, valence, arousal (-2: not annotated)."""
     x, y, w, h = box
-    marks = ";".join(f"{v:.2f}" for v in (LANDMARKS * [abs(w), h] + [x, y]).ravel())
+    marks = ";".join(f"{v:.2f}" for v in points_68(five, box).ravel())
     return f"{sub},{x},{y},{w},{h},{marks},{expression},{va[0]:g},{va[1]:g}"
 
 
@@ -179,6 +223,7 @@ def write_affectnet(root: str | Path, num_images: int, seed: int = 0, difficulty
     ids, is_val = affectnet_ids(num_images, val_fraction, rng)
     faces = affectnet_faces(ids, seed, difficulty, size)
     va = affectnet_va(ids, np.random.default_rng([seed, 2018]))
+    marks = affectnet_landmarks(ids, seed, difficulty, size)
     odd = np.flatnonzero(~is_val & (ids < len(AFFECTNET)) & (np.arange(num_images) >= N_IDS))  # not a cover row
     negative = int(odd[0]) if len(odd) else -1
     lines: dict[bool, list[str]] = {False: [HEADER], True: []}
@@ -189,7 +234,7 @@ def write_affectnet(root: str | Path, num_images: int, seed: int = 0, difficulty
             sub = f"{int(rng.integers(1, 1000))}/{rng.bytes(20).hex()}{ext}"
             save_image(tmp / "Manually_Annotated_Images" / sub, photo)
             box = (x, y, -size if i == negative else size, size)
-            lines[val].append(_release_row(sub, box, expression, va[i]))
+            lines[val].append(_release_row(sub, box, expression, va[i], marks[i] + [x, y]))
         lists = tmp / "Manually_Annotated_file_lists"
         lists.mkdir()
         (lists / "training.csv").write_text("\n".join(lines[False]) + "\n")
@@ -208,6 +253,7 @@ def write_affectnet2021(root: str | Path, num_images: int, seed: int = 0, diffic
                           np.arange(n_val) % len(AFFECTNET)])
     faces = affectnet_faces(ids, seed, difficulty, size)
     va = affectnet_va(ids, np.random.default_rng([seed, 2022]))
+    marks = affectnet_landmarks(ids, seed, difficulty, size)
     numbers = np.cumsum(rng.integers(1, 4, num_images)) - 1
     with atomic_dir(root) as tmp:
         for i, (face, expression, n) in enumerate(zip(faces, ids.tolist(), numbers.tolist(), strict=True)):
@@ -218,5 +264,5 @@ def write_affectnet2021(root: str | Path, num_images: int, seed: int = 0, diffic
             np.save(notes / f"{n}_exp.npy", np.array(str(expression)))
             for key, value in zip(("val", "aro"), va[i].tolist(), strict=True):
                 np.save(notes / f"{n}_{key}.npy", np.array(f"{value:g}"))
-            np.save(notes / f"{n}_lnd.npy", (LANDMARKS * size).ravel().round(2))
+            np.save(notes / f"{n}_lnd.npy", points_68(marks[i], (0, 0, size, size)).ravel().round(2))
     return Path(root)

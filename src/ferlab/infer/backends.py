@@ -20,6 +20,7 @@ from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
 from ferlab.lit.heads import Head, classes_head, stored_head
+from ferlab.infer.preprocessing import check_record
 from ferlab.runner import require_checkpoint
 from ferlab.stored import check_plain, plain_list, refused
 from ferlab.weights import is_builtin
@@ -34,6 +35,7 @@ class LoadedModel:
     and/or valence and arousal, as `head` says (`ferlab.lit.heads`).
 
     trained_on: the `data.name` the network was trained on, where known (e.g. "synthetic").
+    preprocessing: how its inputs were made (`ferlab.infer.preprocessing` record), None where not recorded.
     """
 
     run: Any
@@ -43,6 +45,7 @@ class LoadedModel:
     backend: str
     trained_on: str | None = None
     head: Head | None = None
+    preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.head is None:
@@ -62,6 +65,7 @@ def model_metadata(restored: Any) -> dict[str, Any]:
         "checkpoint": str(restored.path),
         "data": (restored.config.get("data") or {}).get("name"),
         "head": restored.head.describe(),
+        "preprocessing": restored.preprocessing,
     }
 
 
@@ -90,7 +94,7 @@ def _parse_meta(text: str | bytes | None, path: Path) -> dict[str, Any]:
     for key in ("in_chans", "image_size"):
         if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
             raise refused(where, key, f"expected a positive integer, got {meta[key]!r}"[:120])
-    return meta
+    return {**meta, "preprocessing": check_record(meta.get("preprocessing"), where)}
 
 
 def _head(meta: dict[str, Any], path: Path) -> Head:
@@ -117,7 +121,8 @@ def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Map
     def run(x: np.ndarray) -> np.ndarray:
         return r.net(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
-    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"), r.head)
+    return LoadedModel(run, spec, r.class_names, path, "torch", (r.config.get("data") or {}).get("name"), r.head,
+                       r.preprocessing)
 
 
 def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> LoadedModel:
@@ -141,7 +146,7 @@ def load_torchscript(path: Path, color: str, device: str, threads: int = 0) -> L
         return module(torch.from_numpy(x).to(dev)).float().cpu().numpy()
 
     return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "torchscript", meta.get("data"),
-                       _head(meta, path))
+                       _head(meta, path), meta.get("preprocessing"))
 
 
 def onnx_session(path: Path, threads: int = 0) -> Any:
@@ -167,7 +172,7 @@ def load_onnx(path: Path, color: str, device: str, threads: int = 0) -> LoadedMo
         return session.run(None, {name: x})[0]
 
     return LoadedModel(run, _spec(meta, color), list(meta["class_names"]), path, "onnx", meta.get("data"),
-                       _head(meta, path))
+                       _head(meta, path), meta.get("preprocessing"))
 
 
 LOADERS = {"torch": load_torch, "torchscript": load_torchscript, "onnx": load_onnx}

@@ -59,6 +59,8 @@ def annotate(
         x, y, w, h = face.box
         color = PALETTE[list(class_names).index(face.label) % 10] if face.label else PALETTE[0]
         cv2.rectangle(img, (x, y), (x + w, y + h), color, max(1, round(2 * scale)))
+        for px, py in face.landmarks or []:  # the detector's five points, when it gives them
+            cv2.circle(img, (round(px), round(py)), max(1, round(2 * scale)), color, cv2.FILLED)
         label_y = y - 6 if y - 6 > 20 * scale else y + h + round(20 * scale)
         _text(img, face.caption(), (x, label_y), 0.6 * scale, (255, 255, 255), color)
         if bars and class_names:

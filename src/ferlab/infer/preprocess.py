@@ -56,17 +56,36 @@ def crop(frame: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
     return cv2.getRectSubPix(frame, (side, side), center)
 
 
-def to_model_input(frame: np.ndarray, boxes: np.ndarray, spec: InputSpec, margin: float) -> np.ndarray:
-    """BGR (H, W, 3) uint8 frame and (N, 4) boxes -> normalized float32 (N, C, S, S)."""
+def box_face(frame: np.ndarray, box: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """The square crop around a box (grown by `margin` per side) resized to size x size."""
+    import cv2
+
+    face = crop(frame, box, margin)
+    shrink = face.shape[0] > size
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def face_crops(frame: np.ndarray, boxes: np.ndarray, size: int, margin: float,
+               landmarks: np.ndarray | None = None, align_margin: float = 0.0) -> list[np.ndarray]:
+    """One size x size crop per face of `frame` (any channels): by its box grown by `margin`, or, with (N, 5, 2)
+    `landmarks`, aligned onto the ArcFace template with `align_margin` (`ferlab.infer.align`)."""
+    from ferlab.infer.align import align_face
+
+    if landmarks is not None:
+        return [align_face(frame, marks, size, align_margin) for marks in landmarks]
+    return [box_face(frame, box, size, margin) for box in boxes]
+
+
+def to_model_input(frame: np.ndarray, boxes: np.ndarray, spec: InputSpec, margin: float,
+                   landmarks: np.ndarray | None = None, align_margin: float = 0.0) -> np.ndarray:
+    """BGR (H, W, 3) uint8 frame and (N, 4) boxes -> normalized float32 (N, C, S, S); with (N, 5, 2) `landmarks`
+    the faces are aligned instead of cropped by their boxes (see `face_crops`)."""
     import cv2
 
     frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY if spec.gray else cv2.COLOR_BGR2RGB)
     s = spec.image_size
     out = np.empty((len(boxes), s, s, 1 if spec.gray else 3), dtype=np.float32)
-    for i, box in enumerate(boxes):
-        face = crop(frame, box, margin)
-        shrink = face.shape[0] > s
-        face = cv2.resize(face, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    for i, face in enumerate(face_crops(frame, boxes, s, margin, landmarks, align_margin)):
         out[i] = face.reshape(s, s, -1)
     x = out.transpose(0, 3, 1, 2) / np.float32(255)  # (N, C0, S, S) in [0, 1]
     if x.shape[1] != spec.in_chans:

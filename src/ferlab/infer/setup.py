@@ -20,16 +20,23 @@ SYNTHETIC_NOTE = (
 
 def build_predictor(cfg: DictConfig) -> Any:
     """A `Predictor` from the task config: `ckpt_path`/`backend`/`model_path`/`color`/`device`/`threads`, the
-    user's own `model` class if named, and `detector` (instantiated: the user's config, not the checkpoint's)."""
+    user's own `model` class if named, and `detector`: `auto` rebuilds the one the model's preprocessing record
+    names (through ferlab's registry: the record is data), any other is the user's config, instantiated, with one
+    line when it cuts faces otherwise than the model was trained on."""
     from hydra.utils import instantiate
 
     from ferlab.infer.backends import load_model
     from ferlab.infer.predictor import Predictor
+    from ferlab.infer.preprocessing import choose_detector
 
+    detector = instantiate(cfg.detector)  # a mistake in detector= answers before the model loads
     model = load_model(cfg.ckpt_path, cfg.backend, cfg.model_path, cfg.color, cfg.device, int(cfg.threads),
                        model=user_model(cfg))
     if model.trained_on == "synthetic":
         print(SYNTHETIC_NOTE.format(name=model.trained_on), file=sys.stderr)
     if cfg.backend == "torch" and (summary := describe(cfg.ckpt_path)):
         print(f"model: {cfg.ckpt_path}: {summary}", file=sys.stderr)
-    return Predictor(model, instantiate(cfg.detector))
+    detector, lines = choose_detector(detector, model.preprocessing, str(model.source))
+    for line in lines:
+        print(line, file=sys.stderr)
+    return Predictor(model, detector)

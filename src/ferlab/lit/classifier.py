@@ -11,6 +11,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ferlab.analysis.tta import TestTimeAugment
+from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
+from ferlab.infer.preprocessing import training_record
 from ferlab.lit.finetune import build_optimizer, in_backbone
 from ferlab.lit.heads import Head
 from ferlab.lit.multitask import MultiTask
@@ -168,6 +170,8 @@ class Classifier(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "mean"):
             checkpoint["ferlab_normalization"] = {"mean": dm.mean.flatten().tolist(), "std": dm.std.flatten().tolist()}
+            # how the inputs were made (size, channels, normalization, face detector and alignment): predict applies it
+            checkpoint[PREPROCESSING_KEY] = training_record(dm)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult)

@@ -20,6 +20,8 @@ from torch import nn
 
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
+from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
+from ferlab.infer.preprocessing import check_record
 from ferlab.lit.ckpt_file import load_checkpoint, net_weights
 from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.lit.user_errors import error_line
@@ -48,6 +50,7 @@ class Restored:
     std: list[float]
     path: Path
     head: Head | None = None
+    preprocessing: dict[str, Any] | None = None  # `ferlab.infer.preprocessing` record, None in older checkpoints
 
     def __post_init__(self) -> None:
         if self.head is None:  # a plain classifier over its class names
@@ -153,8 +156,10 @@ def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
     name, build = model_builder(config["model"], where, model)
     net = rebuild(name, build, where)
     load_net_weights(net, checkpoint, where)
+    record = check_record(checkpoint.get(PREPROCESSING_KEY), where)
     return Restored(net=net.eval().to(map_location), config=config, class_names=list(class_names),
-                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path, head=head)
+                    in_chans=in_chans, image_size=image_size, mean=mean, std=std, path=path, head=head,
+                    preprocessing=record)
 
 
 def check_classes(restored: Restored, num_classes: int, where: str) -> None:

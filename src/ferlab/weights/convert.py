@@ -49,6 +49,8 @@ def keras_checkpoint(h5_path: str | Path, data: str = "fer2013", margin: float =
     from ferlab.models.pretrained import load_weights
     from ferlab.models.registry import get_builder
     from ferlab.version import version_info
+    from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
+    from ferlab.infer.preprocessing import face_record, make_record
 
     keras = read_keras_h5(h5_path)
     state, kwargs = mini_xception_weights(keras)
@@ -69,8 +71,9 @@ def keras_checkpoint(h5_path: str | Path, data: str = "fer2013", margin: float =
         "state_dict": {f"net.{k}": v.clone() for k, v in net.state_dict().items()},
         "hyper_parameters": {"num_classes": len(names), "class_names": names, "config": config},
         "ferlab_normalization": {"mean": MEAN * channels, "std": STD * channels},
-        "ferlab_preprocessing": {"detector": "haar", "align": False, "margin": margin, "size": [height, width],
-                                 "channels": channels, "mean": MEAN, "std": STD},
+        PREPROCESSING_KEY: make_record(image_size=height, in_chans=channels, mean=MEAN * channels, std=STD * channels,
+                                       color="gray" if channels == 1 else "rgb",
+                                       face=face_record("haar", crop_margin=margin, source=f"converted Keras model {Path(h5_path).name}")),
         "ferlab_source": {"file": Path(h5_path).name, "sha256": digest, "keras_version": keras.keras_version,
                           "keras_backend": keras.backend, "converter": "ferlab.weights.convert", "note": note},
         "ferlab_version": version_info(),
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     except FerlabError as e:
         print(f"ferlab: error: {e}", file=sys.stderr)
         sys.exit(1)
-    shape = "x".join(map(str, checkpoint["ferlab_preprocessing"]["size"]))
+    side = checkpoint["hyper_parameters"]["config"]["data"]["image_size"]
+    shape = f"{side}x{side}"
     print(f"wrote {args.out}: mini_xception, {checkpoint['hyper_parameters']['num_classes']} classes, {shape} input")
 
 

@@ -25,6 +25,7 @@ from ferlab.data.sources.base import (
 )
 from ferlab.data.sources.registry import register_source
 from ferlab.errors import FerlabError
+from ferlab.infer.preprocessing import align_manifest
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ class ImageFolders:
                 counts[folder][self.class_names[label]] = len(images)
                 ignored += other
         meta = {"layout": "image folders", "root": str(self.root), "files": counts, "ignored_non_image_files": ignored}
+        face = align_manifest(self.root)
+        if face is not None:  # a `ferlab align` output: checkpoints trained on it record how its faces were cut
+            meta["preprocessing"] = face
         return paths, np.array(labels, dtype=np.int64), np.array(split, dtype=np.int8), meta
 
     def files(self) -> list[Path]:
