@@ -42,6 +42,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         backbone_lr_mult=backbone_lr_mult,
         fresh_modules=fresh_modules(weights),
         tta=instantiate(cfg.tta) if cfg.get("tta") else None,
+        method=instantiate(cfg.train_method) if cfg.get("train_method") else None,  # wraps the net, checks it
     )
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

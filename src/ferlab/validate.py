@@ -147,6 +147,16 @@ def _one_weight_average(cfg: DictConfig) -> Iterator[str]:
         yield f"callbacks {', '.join(averaging)} all average the weights; keep one (callbacks.<name>=null)"
 
 
+def _relabeling_needs_ids(cfg: DictConfig) -> Iterator[str]:
+    """SCN relabels each image's class id: batch mixing leaves no single class per image."""
+    if OmegaConf.select(cfg, "train_method._target_", default=None) != "ferlab.methods.scn.SCN":
+        return
+    for name in ("mixup", "cutmix"):
+        p = OmegaConf.select(cfg, f"augment.{name}.p", default=0)
+        if _number(p) and p > 0:
+            yield f"train_method=scn relabels class ids, but augment.{name}.p={p} mixes the targets (set it to 0)"
+
+
 def _gpus_present(cfg: DictConfig) -> Iterator[str]:
     """A GPU preset on a machine without one (torch is imported only for this check)."""
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
@@ -179,6 +189,7 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _epochs_order,
     _crop_and_mixing,
     _one_weight_average,
+    _relabeling_needs_ids,
     _gpus_present,
     _missing_data,
 )

@@ -40,27 +40,27 @@ class BatchTensorDataset(Dataset):
 
     `kind` says what a batch's targets are: "index" int64 (B,); "distribution" and "sample" float (B,K) rows of
     `soft` (for "sample" the datamodule draws a class from each row after the batch reached the training
-    process: a loader worker's random stream is not what a resume restores).
+    process: a loader worker's random stream is not what a resume restores). `with_index`: a batch also carries
+    its rows in this dataset (int64 (B,), last), for methods that keep per-image state (SCN's relabeling).
     """
 
     def __init__(self, images: ImageSet | Tensor, targets: Tensor, soft: Tensor | None = None,
-                 kind: str = "index") -> None:
+                 kind: str = "index", with_index: bool = False) -> None:
         if kind != "index" and soft is None:
             raise ValueError(f"targets of kind {kind!r} need soft targets")
         self.images, self.targets, self.soft, self.kind = images, targets, soft, kind
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        images, targets = self.__getitems__([i])
-        return images[0], targets[0]
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return tuple(t[0] for t in self.__getitems__([i]))
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         idx = torch.as_tensor(indices)
-        if self.kind == "index":
-            return self.images[idx], self.targets[idx]
-        return self.images[idx], self.soft[idx]  # (B, K)
+        batch = (self.images[idx], self.targets[idx] if self.kind == "index" else self.soft[idx])  # (B,) or (B, K)
+        return (*batch, idx) if self.with_index else batch
 
 
 def collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -144,6 +144,7 @@ class FERDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[ImageSet, Tensor]] = {}
         self.train_soft: Tensor | None = None
         self.train_kind = "index"
+        self.index_batches = False  # training batches end with their train-split rows (set by a method needing them)
         self.meta: dict = {}
         self._prepared: FERData | None = None  # what prepare_data loaded, for setup in the same process
 
@@ -285,8 +286,8 @@ class FERDataModule(pl.LightningDataModule):
 
     def _loader(self, images: ImageSet, targets: Tensor, train: bool) -> DataLoader:
         """A training loader resumable mid-epoch (`ferlab.data.resumable`), or an evaluation loader in order."""
-        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind) if train else \
-            BatchTensorDataset(images, targets)
+        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind, self.index_batches) if train \
+            else BatchTensorDataset(images, targets)
         # each loader has its own generator: creating an iterator (worker seeds) never draws from the global RNG,
         # whose stream must be the same whenever a run resumes, with or without persistent workers
         common = {"num_workers": self.num_workers, "collate_fn": collate_batch, "pin_memory": torch.cuda.is_available(),
@@ -340,14 +341,15 @@ class FERDataModule(pl.LightningDataModule):
         row, here in the training process (on the device, from the RNG a resume restores) whatever the workers."""
         return torch.multinomial(y, 1).squeeze(1) if self.train_kind == "sample" and y.ndim == 2 else y
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, ...]:
-        """Training: (x, y), or with batch mixing (x, mixed (B, K) targets, the images' own class ids (B,))."""
-        x, y = batch
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, ...]:
+        """Training: (x, y), or with batch mixing (x, mixed (B, K) targets, the images' own class ids (B,)); with
+        `index_batches`, the images' train-split rows (B,) follow as the last element."""
+        x, y, *index = batch
         training = self.trainer is not None and self.trainer.training
         x = self.transform(x, train=training)
         if training:
             y = self.train_targets(y)
         if not training or self.mix is None:
-            return x, y
+            return x, y, *index
         hard = y if y.ndim == 1 else y.argmax(1)  # FER+ distributions: the most-voted class, before mixing
-        return (*self.mix(x, y), hard)
+        return (*self.mix(x, y), hard, *index)
