@@ -98,15 +98,15 @@ class DANNet(MethodNet):
         self.head = nn.Linear(channels, body.num_classes)
         self.head_bn = nn.BatchNorm1d(body.num_classes)
 
-    def attend(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (B, C_in, H, W) -> map (B, C, h, w), heads (B, H, C)
-        fmap = self.body.forward_feature_map(x)
+    def attend(self, fmap: Tensor) -> Tensor:  # (B, C, h, w) -> (B, H, C) heads, log-softmaxed across heads
         heads = torch.stack([head(fmap) for head in self.heads], 1)
-        if heads.shape[1] > 1:
-            heads = F.log_softmax(heads, dim=1)  # across heads: each channel is claimed by some head
-        return fmap, heads
+        return F.log_softmax(heads, dim=1) if heads.shape[1] > 1 else heads  # each channel claimed by some head
 
-    def forward_features(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C): the fused heads
-        return self.attend(x)[1].sum(1)
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, C, h, w) -> (B, C): the fused heads (DAN's neck)
+        return self.attend(fmap).sum(1)
+
+    def forward_features(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C)
+        return self.pool_features(self.forward_feature_map(x))
 
     def forward_head(self, features: Tensor) -> Tensor:  # (B, C) -> (B, num_classes)
         return self.head_bn(self.head(self.head_drop(features)))
@@ -160,7 +160,8 @@ class DAN(Method):
 
     def step(self, net: DANNet, x: Tensor, y: Tensor, loss_fn: Loss, *, epoch: int,
              index: Tensor | None = None, gather: Gather | None = None) -> Step:
-        fmap, heads = net.attend(x)
+        fmap = net.forward_feature_map(x)  # (B, C, h, w)
+        heads = net.attend(fmap)  # (B, H, C)
         logits = net.forward_head(heads.sum(1))
         affinity = affinity_loss(fmap.float().mean((2, 3)), class_ids(y), self.centers.float())
         partition = partition_loss(heads.float())

@@ -22,7 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from ferlab.errors import FerlabError
-from ferlab.methods.base import Gather, LastValue, Loss, Method, MethodNet, Step, last_write_wins, require_fernet
+from ferlab.methods.base import (
+    Gather,
+    LastValue,
+    Loss,
+    Method,
+    MethodNet,
+    Step,
+    last_write_wins,
+    require_fernet,
+)
 from ferlab.methods.registry import register_method
 
 
