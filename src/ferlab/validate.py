@@ -179,6 +179,13 @@ def _source_paths(node: Any, key: str) -> Iterator[str]:
             yield f"{full}: {value} does not exist"
 
 
+def _missing_weights(cfg: DictConfig) -> Iterator[str]:
+    """A weight file named by model.pretrained must exist (imagenet, true and null are not files)."""
+    value = OmegaConf.select(cfg, "model.pretrained", default=None)
+    if isinstance(value, str) and value not in ("imagenet", "true") and not Path(value).expanduser().exists():
+        yield f"model.pretrained: {value} does not exist (give the weight file: model.pretrained=<file>)"
+
+
 def _missing_data(cfg: DictConfig) -> Iterator[str]:
     return _source_paths(OmegaConf.select(cfg, "data.source", default=None), "data.source")
 
@@ -191,6 +198,7 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _one_weight_average,
     _relabeling_needs_ids,
     _gpus_present,
+    _missing_weights,
     _missing_data,
 )
 
