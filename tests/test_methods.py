@@ -38,6 +38,11 @@ def test_a_method_trains_and_its_checkpoint_restores_the_network_it_evaluates(ma
     with torch.no_grad():
         assert type(restored.net).__name__ == net_class
         assert torch.equal(restored.net(x), trained.net.eval()(x))
+    # init_from=<this run> starts a plain run from its backbone (the method's own modules are not loaded)
+    plain = build(make_cfg(*TINY, f"init_from={ckpt}"))
+    assert plain["weights"]["init_from"]["loaded"] == len(plain["model"].net.state_dict())
+    assert torch.equal(plain["model"].net.stages[0][0].conv1.weight, trained.net.body.stages[0][0].conv1.weight
+                       if method == "dan" else trained.net.stages[0][0].conv1.weight)
 
 
 class SCNTable(Callback):

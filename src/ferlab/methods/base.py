@@ -52,6 +52,7 @@ class Method(nn.Module):
     """
 
     needs_index = False
+    wraps = False  # whether `wrap` returns a MethodNet (the zoo net's weights under `body.`)
     terms: tuple[str, ...] = ()
 
     def __init__(self) -> None:

@@ -141,6 +141,7 @@ class DAN(Method):
     """
 
     terms = ("dan_affinity", "dan_partition")
+    wraps = True
 
     def __init__(self, num_head: int = 4, affinity_weight: float = 1.0, partition_weight: float = 1.0,
                  channel_hidden: int = 32) -> None:

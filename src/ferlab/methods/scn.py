@@ -97,6 +97,7 @@ class SCN(Method):
     """
 
     needs_index = True
+    wraps = True
     terms = ("scn_rank", "scn_relabeled")  # the epoch's mean rank loss; training images relabeled at its end
 
     def __init__(self, beta: float = 0.7, margin_1: float = 0.15, margin_2: float = 0.2, relabel_epoch: int = 10) -> None:
