@@ -98,6 +98,15 @@ def _check_detector(cfg):
     assert boxes.dtype == np.int64 and boxes.shape[1:] == (4,) and len(boxes) <= 1
 
 
+def _check_train_method(cfg):
+    from ferlab.methods import Method
+
+    method = instantiate(cfg.train_method)
+    net = method.wrap(instantiate(cfg.model)).eval()  # the network the method evaluates
+    x = torch.randn(2, cfg.data.in_chans, cfg.data.image_size, cfg.data.image_size)
+    assert isinstance(method, Method) and net(x).shape == (2, cfg.data.num_classes)
+
+
 def _check_head(cfg):
     head = instantiate(cfg.head)
     net = instantiate(cfg.model).eval()
@@ -113,7 +122,7 @@ CHECKS = {
     "data": _check_data, "model": _check_model, "optim": _check_optim, "sched": _check_sched,
     "loss": _check_loss, "trainer": _check_trainer, "callbacks": _check_each("callbacks"),
     "logger": _check_each("logger"), "augment": _check_augment, "paths": _check_paths,
-    "tta": _check_tta, "detector": _check_detector, "head": _check_head,
+    "tta": _check_tta, "detector": _check_detector, "head": _check_head, "train_method": _check_train_method,
 }
 
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -68,6 +69,39 @@ RECIPES = {
     "report004_pretrain": {
         "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.01,
         "augment.ops.3._target_": "ferlab.data.augment.RandomErasing", "init_from": None, "trainer.max_epochs": 30},
+    # the RAF-DB / AffectNet papers' recipes (methods, face-recognition backbones)
+    "rafdb_r18_msceleb": {
+        "data.name": "rafdb", "data.image_size": 224, "data.in_chans": 3, "data.split": "random", "data.val_fraction": 0.1,
+        "model._target_": "ferlab.models.resnet.resnet18", "train_method._target_": "ferlab.methods.plain.Plain",
+        "optim._target_": "torch.optim.Adam", "optim.lr": 0.001, "optim.weight_decay": 1e-4, "data.batch_size": 64,
+        "sched.scheduler._target_": "torch.optim.lr_scheduler.StepLR", "sched.scheduler.step_size": 1,
+        "sched.scheduler.gamma": 0.9, "trainer.max_epochs": 70, "augment.ops.2.scale": [0.02, 0.25]},
+    "rafdb_scn": {
+        "data.name": "rafdb", "model._target_": "ferlab.models.resnet.resnet18", "train_method._target_": "ferlab.methods.scn.SCN",
+        "train_method.beta": 0.7, "train_method.margin_1": 0.15, "train_method.margin_2": 0.2,
+        "train_method.relabel_epoch": 10, "optim.lr": 0.001, "data.batch_size": 64, "trainer.max_epochs": 70},
+    "rafdb_eac": {
+        "data.name": "rafdb", "model._target_": "ferlab.models.resnet.resnet18", "train_method._target_": "ferlab.methods.eac.EAC",
+        "train_method.lam": 5.0, "train_method.erase_scale": [0.02, 0.25], "optim.lr": 0.0002, "optim.weight_decay": 1e-4,
+        "sched.scheduler.gamma": 0.9, "data.batch_size": 32, "trainer.max_epochs": 60,
+        "augment.ops": [{"_target_": "ferlab.data.augment.GaussianNoise", "p": 0.5}]},
+    "rafdb_dan": {
+        "data.name": "rafdb", "model._target_": "ferlab.models.resnet.resnet18", "train_method._target_": "ferlab.methods.dan.DAN",
+        "train_method.num_head": 4, "optim._target_": "torch.optim.SGD", "optim.lr": 0.1, "optim.momentum": 0.9,
+        "optim.weight_decay": 1e-4, "sched.scheduler.step_size": 10, "sched.scheduler.gamma": 0.1, "data.batch_size": 256,
+        "trainer.max_epochs": 40},
+    "affectnet7_dan": {
+        "data.name": "affectnet", "data.num_classes": 7, "data.source.classes": 7, "data.sampler": "balanced",
+        "data.split": "random", "train_method._target_": "ferlab.methods.dan.DAN", "optim._target_": "torch.optim.Adam",
+        "optim.lr": 0.0001, "optim.weight_decay": 0.0, "sched.scheduler.gamma": 0.6, "data.batch_size": 256,
+        "trainer.max_epochs": 10},
+    "affectnet8_enet_b2": {
+        "data.name": "affectnet", "data.num_classes": 8, "data.image_size": 260, "data.batch_size": 64,
+        "model._target_": "ferlab.models.timm_net.timm", "model.name": "tf_efficientnet_b2.ns_jft_in1k",
+        "loss._target_": "ferlab.lit.losses.ClassWeightedCE", "loss.label_smoothing": 0.1, "optim.lr": 0.001,
+        "sched.scheduler.milestones": [3], "sched.scheduler.factors": [1.0, 0.1], "augment.ops": [],
+        "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch": 3,
+        "callbacks.backbone_finetuning.backbone_initial_ratio_lr": 1.0, "trainer.max_epochs": 9},
     "report004_finetune": {
         "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.0001,
         "init_from": "last:report004_pretrain", "augment.ops.1._target_": "ferlab.data.augment.RandomAffine"},
@@ -186,3 +220,30 @@ def test_debug_overfit_and_profiler_presets(make_cfg, tmp_path):
     report = (Path(cfg.paths.output_dir) / "fit-profiler.txt").read_text()
     assert "training_step" in report and "Total" in report
 
+
+
+def test_the_papers_recipes_train_on_their_datasets_layout(tmp_path):
+    """The RAF-DB / AffectNet recipes on synthetic faces in those datasets' own layouts, each recipe's MS-Celeb
+    ResNet-18 file (torchvision's layout in a "state_dict") at its default place under data/weights/."""
+    import torchvision
+
+    from ferlab.data.writers_wild import write_affectnet, write_rafdb
+    from ferlab.runner import compose_run
+    from ferlab.train import run_train
+
+    data = tmp_path / "data"
+    write_rafdb(data / "rafdb", 140, seed=1, size=48)
+    write_affectnet(data / "affectnet", 200, seed=1, size=48)
+    (data / "weights").mkdir()
+    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, data / "weights" / "resnet18_msceleb.pth")
+    short = ["data.image_size=48", "data.batch_size=8", "data.eval_batch_size=16", "trainer.max_epochs=1",
+             "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false", "logger=none",
+             "callbacks=none", "trainer.num_sanity_val_steps=0", "+data.decode_workers=1"]  # no checkpoints written
+    recipes = {name: [] for name in ("rafdb_r18_msceleb", "rafdb_scn", "rafdb_eac", "rafdb_dan", "affectnet7_dan")}
+    recipes["affectnet8_enet_b2"] = ["model.pretrained=null"]  # timm files: the backbone loaders' tests
+    for name, extra in recipes.items():
+        cfg = compose_run("train", [f"paths.root_dir={tmp_path}", f"experiment={name}", *short, *extra], tmp_path / name)
+        metrics = run_train(cfg)
+        assert metrics["global_step"] == 1 and metrics["dataset"]["name"] == cfg.data.name, name
+        if name != "affectnet8_enet_b2":
+            assert metrics["weights"]["pretrained"]["loaded"] > 100, name  # the ResNet-18 file, not a fresh net

@@ -44,6 +44,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         fresh_modules=fresh_modules(weights),
         tta=instantiate(cfg.tta) if cfg.get("tta") else None,
         head=instantiate(cfg.head) if cfg.get("head") else None,
+        method=instantiate(cfg.train_method) if cfg.get("train_method") else None,  # wraps the net, checks it
     )
     # a tracker that cannot be reached is left out (None): the run logs locally
     loggers = trackers.local_only([instantiate(c) for c in (cfg.get("logger") or {}).values() if c],

@@ -176,6 +176,16 @@ def _one_weight_average(cfg: DictConfig) -> Iterator[str]:
         yield f"callbacks {', '.join(averaging)} all average the weights; keep one (callbacks.<name>=null)"
 
 
+def _relabeling_needs_ids(cfg: DictConfig) -> Iterator[str]:
+    """SCN relabels each image's class id: batch mixing leaves no single class per image."""
+    if OmegaConf.select(cfg, "train_method._target_", default=None) != "ferlab.methods.scn.SCN":
+        return
+    for name in ("mixup", "cutmix"):
+        p = OmegaConf.select(cfg, f"augment.{name}.p", default=0)
+        if _number(p) and p > 0:
+            yield f"train_method=scn relabels class ids, but augment.{name}.p={p} mixes the targets (set it to 0)"
+
+
 def _gpus_present(cfg: DictConfig) -> Iterator[str]:
     """A GPU preset on a machine without one (torch is imported only for this check)."""
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
@@ -198,6 +208,13 @@ def _source_paths(node: Any, key: str) -> Iterator[str]:
             yield f"{full}: {value} does not exist"
 
 
+def _missing_weights(cfg: DictConfig) -> Iterator[str]:
+    """A weight file named by model.pretrained must exist (imagenet, true and null are not files)."""
+    value = OmegaConf.select(cfg, "model.pretrained", default=None)
+    if isinstance(value, str) and value not in ("imagenet", "true") and not Path(value).expanduser().exists():
+        yield f"model.pretrained: {value} does not exist (give the weight file: model.pretrained=<file>)"
+
+
 def _missing_data(cfg: DictConfig) -> Iterator[str]:
     return _source_paths(OmegaConf.select(cfg, "data.source", default=None), "data.source")
 
@@ -209,7 +226,9 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[str]], ...] = (
     _crop_and_mixing,
     _head,
     _one_weight_average,
+    _relabeling_needs_ids,
     _gpus_present,
+    _missing_weights,
     _missing_data,
 )
 

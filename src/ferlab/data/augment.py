@@ -220,6 +220,19 @@ def _rotate_hue(x: Tensor, angle: Tensor) -> Tensor:
     return torch.einsum("bij,bjhw->bihw", m, x)
 
 
+class GaussianNoise(nn.Module):
+    """With probability p, add N(0, std^2) noise to every pixel and clip to [0, 1]. The default is SCN's and EAC's
+    add_gaussian_noise (variance 30 on 0-255 pixels: std sqrt(30) / 255)."""
+
+    def __init__(self, std: float = 30**0.5 / 255, p: float = 0.5) -> None:
+        super().__init__()
+        self.std, self.p = std, p
+
+    def forward(self, x: Tensor) -> Tensor:
+        noisy = (x + torch.randn_like(x) * self.std).clamp_(0.0, 1.0)
+        return _where_drawn(len(x), self.p, noisy, x)
+
+
 class RandomErasing(nn.Module):
     """With probability p, fill one random rectangle per image (area fraction `scale`) with `value`."""
 

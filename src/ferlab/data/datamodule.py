@@ -40,15 +40,17 @@ class BatchTensorDataset(Dataset):
 
     `kind` says what a batch's targets are: "index" int64 (B,); "distribution" and "sample" float (B,K) rows of
     `soft` (for "sample" the datamodule draws a class from each row after the batch reached the training
-    process: a loader worker's random stream is not what a resume restores). With `va` (N, 2) a batch ends with
-    its (B, 2) valence/arousal rows: (images, targets, va).
+    process: a loader worker's random stream is not what a resume restores). With `va` (N, 2) a batch carries
+    its (B, 2) valence/arousal rows after its targets; `with_index`: a batch also carries its rows in this dataset
+    (int64 (B,), last), for methods that keep per-image state (SCN's relabeling).
     """
 
     def __init__(self, images: ImageSet | Tensor, targets: Tensor, soft: Tensor | None = None,
-                 kind: str = "index", va: Tensor | None = None) -> None:
+                 kind: str = "index", with_index: bool = False, va: Tensor | None = None) -> None:
         if kind != "index" and soft is None:
             raise ValueError(f"targets of kind {kind!r} need soft targets")
         self.images, self.targets, self.soft, self.kind, self.va = images, targets, soft, kind, va
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,7 +61,8 @@ class BatchTensorDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         idx = torch.as_tensor(indices)
         batch = (self.images[idx], self.targets[idx] if self.kind == "index" else self.soft[idx])  # (B,) | (B, K)
-        return batch if self.va is None else (*batch, self.va[idx])
+        batch = batch if self.va is None else (*batch, self.va[idx])
+        return (*batch, idx) if self.with_index else batch
 
 
 def collate_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -152,6 +155,7 @@ class FERDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[ImageSet, Tensor]] = {}
         self.train_soft: Tensor | None = None
         self.train_kind = "index"
+        self.index_batches = False  # training batches end with their train-split rows (set by a method needing them)
         self.meta: dict = {}
         self._prepared: FERData | None = None  # what prepare_data loaded, for setup in the same process
 
@@ -305,8 +309,8 @@ class FERDataModule(pl.LightningDataModule):
     def _loader(self, images: ImageSet, targets: Tensor, train: bool) -> DataLoader:
         """A training loader resumable mid-epoch (`ferlab.data.resumable`), or an evaluation loader in order."""
         va = self.va_for(images) if self.va_targets else None
-        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind, va=va) if train else \
-            BatchTensorDataset(images, targets, va=va)
+        dataset = BatchTensorDataset(images, targets, self.train_soft, self.train_kind, self.index_batches, va=va) \
+            if train else BatchTensorDataset(images, targets, va=va)
         # each loader has its own generator: creating an iterator (worker seeds) never draws from the global RNG,
         # whose stream must be the same whenever a run resumes, with or without persistent workers
         common = {"num_workers": self.num_workers, "collate_fn": collate_batch, "pin_memory": torch.cuda.is_available(),
@@ -361,14 +365,15 @@ class FERDataModule(pl.LightningDataModule):
         return torch.multinomial(y, 1).squeeze(1) if self.train_kind == "sample" and y.ndim == 2 else y
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, ...]:
-        """(x, y), with batch mixing in training (x, mixed (B, K) targets, the images' own class ids (B,)), with
-        `va_targets` (x, y, valence/arousal (B, 2))."""
-        x, y, *va = batch
+        """(x, y), with batch mixing in training (x, mixed (B, K) targets, the images' own class ids (B,)); with
+        `va_targets` valence/arousal (B, 2) follow the targets; with `index_batches` (training), the images'
+        train-split rows (B,) come last."""
+        x, y, *rest = batch
         training = self.trainer is not None and self.trainer.training
         x = self.transform(x, train=training)
         if training:
             y = self.train_targets(y)
         if not training or self.mix is None:
-            return (x, y, *va)
+            return (x, y, *rest)
         hard = y if y.ndim == 1 else y.argmax(1)  # FER+ distributions: the most-voted class, before mixing
-        return (*self.mix(x, y), hard)
+        return (*self.mix(x, y), hard, *rest)  # mixing and valence/arousal exclude each other

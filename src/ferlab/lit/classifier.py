@@ -11,11 +11,14 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ferlab.analysis.tta import TestTimeAugment
+from ferlab.errors import FerlabError
 from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
 from ferlab.infer.preprocessing import training_record
 from ferlab.lit.finetune import build_optimizer, in_backbone
 from ferlab.lit.heads import Head
 from ferlab.lit.multitask import MultiTask
+from ferlab.methods.base import Method, MethodNet
+from ferlab.methods.plain import Plain
 from ferlab.version import version_info
 
 
@@ -43,6 +46,9 @@ class Classifier(pl.LightningModule):
         tta: test-time augmentation applied in test steps (`tta=`), or None for one plain forward pass.
         head: what the net's outputs are (`head=`); one with valence/arousal outputs hands the steps to
             `ferlab.lit.multitask.MultiTask`. None: K class logits.
+        method: the training method (`train_method=`, `ferlab.methods`); None is plain training. It wraps `net` into the
+            network its paper evaluates (`self.net`), computes the training loss, and owns its training-only
+            parameters and state.
     """
 
     def __init__(
@@ -60,11 +66,16 @@ class Classifier(pl.LightningModule):
         fresh_modules: Sequence[str] = (),
         tta: TestTimeAugment | None = None,
         head: Head | None = None,
+        method: Method | None = None,
     ) -> None:
         super().__init__()
         # plain containers only, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss", "tta", "head"], logger=False)
-        self.net = net
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "loss", "tta", "head", "method"], logger=False)
+        self.method = method if method is not None else Plain()
+        if head is not None and head.has_va and not isinstance(self.method, Plain):
+            raise FerlabError(f"train_method={type(self.method).__name__.lower()} trains class scores only; "
+                              f"head={head.kind} (valence/arousal) needs train_method=plain")
+        self.net = self.method.wrap(net)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.backbone_lr_mult, self.fresh_modules = backbone_lr_mult, list(fresh_modules)
@@ -90,13 +101,17 @@ class Classifier(pl.LightningModule):
     def backbone(self) -> nn.Module:
         """The network without its head (and fresh modules): what `BackboneFinetuning` freezes and
         `backbone_lr_mult` slows down."""
-        return nn.ModuleList([m for name, m in self.net.named_children() if in_backbone(name, self.fresh_modules)])
+        root = self.net.body if isinstance(self.net, MethodNet) else self.net  # a method's own modules are new
+        return nn.ModuleList([m for name, m in root.named_children() if in_backbone(name, self.fresh_modules)])
 
     def setup(self, stage: str) -> None:
         # a loss that weighs classes (loss=weighted_ce) learns the train split's counts once the data is loaded
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and dm is not None and hasattr(self.loss_fn, "set_class_counts"):
             self.loss_fn.set_class_counts(dm.class_counts)
+        if stage == "fit" and dm is not None:
+            dm.index_batches = self.method.needs_index  # training batches end with each image's train-split row
+            self.method.setup_fit(dm)
 
     @staticmethod
     def hard_targets(y: Tensor) -> Tensor:
@@ -106,15 +121,27 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         if self.multitask is not None:  # (x, y, valence/arousal targets)
             return self.multitask.training_step(self, batch)
-        # (x, y) or, with batch mixing, (x, mixed soft targets (B, K), the images' own class ids (B,))
+        # (x, y) or, with batch mixing, (x, mixed soft targets (B, K), the images' own class ids (B,)); a method
+        # that needs them gets each image's train-split row (B,) as the last element
         x, y, *hard = batch
-        logits = self(x)
-        loss = self.loss_fn(logits, y)
-        self.train_metrics(logits.argmax(1), hard[0] if hard else self.hard_targets(y))
-        self.train_loss.update(loss.detach(), weight=len(x))
+        index = hard.pop() if self.method.needs_index else None
+        step = self.method.step(self.net, x, y, self.loss_fn, epoch=self.current_epoch, index=index,
+                                gather=self._gather if self.trainer.world_size > 1 else None)
+        self.train_metrics(step.logits.argmax(1), hard[0] if hard else self.hard_targets(step.targets))
+        self.train_loss.update(step.loss.detach(), weight=len(x))
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         self.log("train/acc", self.train_metrics, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        return loss
+        for name, mean in self.method.term_means.items():
+            self.log(f"train/{name}", mean, on_step=False, on_epoch=True, batch_size=len(x))
+        return step.loss
+
+    def _gather(self, values: Tensor) -> Tensor:
+        """(N,) on this rank -> every rank's values concatenated in rank order (N may differ between ranks)."""
+        sizes = self.all_gather(torch.tensor(len(values), device=values.device)).view(-1)
+        padded = values.new_zeros(int(sizes.max()))
+        padded[: len(values)] = values
+        gathered = self.all_gather(padded)  # (world_size, max N)
+        return torch.cat([gathered[r, : int(n)] for r, n in enumerate(sizes.tolist())])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if self.multitask is not None:
@@ -172,6 +199,12 @@ class Classifier(pl.LightningModule):
             checkpoint["ferlab_normalization"] = {"mean": dm.mean.flatten().tolist(), "std": dm.std.flatten().tolist()}
             # how the inputs were made (size, channels, normalization, face detector and alignment): predict applies it
             checkpoint[PREPROCESSING_KEY] = training_record(dm)
+        state = self.method.extra_state()
+        if state:  # e.g. SCN's relabeled targets: a resumed run trains on them
+            checkpoint["ferlab_method_state"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.method.load_extra_state(checkpoint.get("ferlab_method_state") or {})
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, self, self.backbone_lr_mult)

@@ -73,11 +73,31 @@ def resolve_init_from(cfg: DictConfig) -> Path | None:
 
 
 def init_weights(net, path: Path):
-    """Copy the network weights of the ferlab checkpoint `path` into `net`; returns the LoadReport."""
+    """Copy the network weights of the ferlab checkpoint `path` into `net` (a zoo net: a training method wraps it
+    afterwards); returns the LoadReport. From a run whose method wrapped its net (SCN, DAN) only the zoo net's
+    weights (`body.*`) are taken: the method's own modules are that run's, rebuilt by this run's method."""
     from ferlab.lit.ckpt_file import load_checkpoint, net_weights
     from ferlab.models.pretrained import load_weights
 
-    weights = net_weights(load_checkpoint(path))  # weights_only; a missing or truncated file is one line
+    checkpoint = load_checkpoint(path)  # weights_only; a missing or truncated file is one line
+    weights = net_weights(checkpoint)
     if not weights:
         raise FerlabError(f"init_from: {path} is not a ferlab checkpoint (no network weights in it)")
+    if _wrapped(checkpoint):
+        weights = {k.removeprefix("body."): v for k, v in weights.items() if k.startswith("body.")}
+        log.info("init_from=%s: the backbone network of its training method (the method's modules are not loaded)",
+                 path)
     return load_weights(net, weights, source=str(path))
+
+
+def _wrapped(checkpoint: dict) -> bool:
+    """Whether the checkpoint's network is a training method's wrapper (its stored train_method, looked up in the
+    method registry: a name compared, nothing called)."""
+    from ferlab.methods.registry import method_for_target
+
+    config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    target = (config.get("train_method") or {}).get("_target_") if isinstance(config, dict) else None
+    try:
+        return isinstance(target, str) and method_for_target(target).wraps
+    except FerlabError:  # not a ferlab method: the weights are loaded as they are (and must fit)
+        return False

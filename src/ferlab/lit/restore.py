@@ -114,13 +114,38 @@ def rebuild(name: str, build: Callable[[], nn.Module], where: str) -> nn.Module:
         raise FerlabError(f"{where}: cannot rebuild model {name}: {error_line(e)}") from None
 
 
+def method_wrapper(method_cfg: Any, where: str) -> Callable[[nn.Module], nn.Module]:
+    """A call that wraps a rebuilt zoo net as the stored training method's inference network (identity for none
+    or plain), checked before anything is called: the method must be registered in `ferlab.methods`, its
+    arguments plain values."""
+    if method_cfg is None:  # checkpoints from before methods existed: plain training
+        return lambda net: net
+    target, kwargs = target_and_kwargs(method_cfg, "train_method", where)
+    from ferlab.methods.registry import method_for_target
+
+    try:
+        cls = method_for_target(target)
+    except FerlabError:
+        raise refused(where, "train_method._target_", f"{target!r} is not a registered ferlab method") from None
+
+    def wrap(net: nn.Module) -> nn.Module:
+        try:
+            return cls(**kwargs).wrap(net)
+        except Exception as e:  # arguments that no longer fit, a net without what the method needs
+            raise FerlabError(f"{where}: cannot rebuild method {target}: {error_line(e)}") from None
+
+    return wrap
+
+
 def stored_config(checkpoint: dict, where: str) -> dict[str, Any]:
-    """The run config inside a checkpoint, with its model and data sections checked (nothing is called)."""
+    """The run config inside a checkpoint, with its model, method and data sections checked (nothing is called)."""
     hparams = checkpoint.get("hyper_parameters") or {}
     config = hparams.get("config") if isinstance(hparams, dict) else None
     if not isinstance(config, dict) or "model" not in config or "state_dict" not in checkpoint:
         raise FerlabError(f"{where} is not a ferlab checkpoint (no stored run config or weights)")
     target_and_kwargs(config["model"], "model", where)
+    if config.get("train_method") is not None:
+        target_and_kwargs(config["train_method"], "train_method", where)
     if config.get("data") is not None:
         check_stored_data(config["data"], where)
     return config
@@ -154,7 +179,8 @@ def restore(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
     class_names = plain_list(list(names) if isinstance(names, (list, tuple)) else names, "class_names", where, str)
     head = stored_head(config.get("head"), len(class_names), where)
     name, build = model_builder(config["model"], where, model)
-    net = rebuild(name, build, where)
+    wrap = method_wrapper(config.get("train_method"), where)
+    net = wrap(rebuild(name, build, where))  # the network the method evaluates (SCN's weighting, DAN's heads)
     load_net_weights(net, checkpoint, where)
     record = check_record(checkpoint.get(PREPROCESSING_KEY), where)
     return Restored(net=net.eval().to(map_location), config=config, class_names=list(class_names),

@@ -1,9 +1,11 @@
-"""The surface every zoo model shares, so prototypes, Grad-CAM and feature fusion work on all of them."""
+"""The surface every zoo model shares, so prototypes, Grad-CAM, feature fusion and the training methods
+(`ferlab.methods`) work on all of them."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ferlab.errors import FerlabError
 from ferlab.models.layers import check_rate
 
 
@@ -14,12 +16,20 @@ class FERNet(nn.Module):
     width), `head_drop` (dropout before the head) and `head` (nn.Linear); they call `set_cam_layer(module)`
     (the module whose output Grad-CAM explains: the last spatial stage, output (B, C, h, w)) and implement
     `forward_features(x) -> (B, num_features)` pooled embeddings.
+
+    The feature-map surface (what EAC's attention maps and DAN's attention heads read): a net whose embedding is
+    computed from one last spatial map sets `feature_map_channels` (C) and implements `forward_feature_map(x) ->
+    (B, C, h, w)` and `pool_features(fmap) -> (B, num_features)` (global pooling and any neck after it), with
+    `forward_features(x) == pool_features(forward_feature_map(x))` exactly. A net without one (several stages
+    fused, token models) keeps `feature_map_channels = 0`, and asking for the map is one FerlabError.
     """
 
     num_features: int
     head: nn.Module
     head_drop: nn.Module
     cam_layer_name: str = ""
+    feature_map_channels: int = 0  # C of forward_feature_map's (B, C, h, w); 0: no single feature map
+    no_feature_map_reason = "its embedding is not pooled from one last feature map"
     load_report = None  # what `pretrained=` loaded (ferlab.models.pretrained.LoadReport), set by the builder
 
     def set_cam_layer(self, module: nn.Module) -> None:
@@ -47,6 +57,21 @@ class FERNet(nn.Module):
     def num_classes(self) -> int:
         return self.head.out_features
 
+    @property
+    def has_feature_map(self) -> bool:
+        """Whether `forward_feature_map` / `pool_features` exist for this net."""
+        return self.feature_map_channels > 0
+
+    def no_feature_map(self) -> FerlabError:
+        """The one-line error for a net without a single feature map."""
+        return FerlabError(f"{type(self).__name__} has no single feature map: {self.no_feature_map_reason}")
+
+    def forward_feature_map(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, feature_map_channels, h, w)
+        raise self.no_feature_map()
+
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, feature_map_channels, h, w) -> (B, num_features)
+        raise self.no_feature_map()
+
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
         raise NotImplementedError
 
@@ -55,4 +80,3 @@ class FERNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
         return self.forward_head(self.forward_features(x))
-

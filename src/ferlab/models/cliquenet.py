@@ -138,6 +138,7 @@ class CliqueNet(FERNet):
                 self.transitions.append(_transition(cin, attention, block_drop_rate, **kw))
         self.init_head(num_features, num_classes, drop_rate)
         self.set_cam_layer(self.exits[-1])  # last block feature after norm-act: (B, C, 3, 3) at 48, fer stem
+        self.no_feature_map_reason = "its multi-scale embedding pools every block's feature"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

@@ -64,6 +64,7 @@ class DeepEmotion(FERNet):
         self.input_size = input_size
         self.init_head(hidden, num_classes, drop_rate)
         self.set_cam_layer(self.features)  # (B, channels, 9, 9) at 48x48
+        self.feature_map_channels = channels
 
     def stn(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W), resampled by the predicted affine map
         theta = self.fc_loc(torch.flatten(self.localization(x), 1)).view(-1, 2, 3)  # (B, 2, 3)
@@ -71,12 +72,17 @@ class DeepEmotion(FERNet):
         return nn.functional.grid_sample(x, grid, align_corners=False)
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, hidden)
+        return self.pool_features(self.forward_feature_map(x))
+
+    def forward_feature_map(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, channels, 9, 9) at 48x48
         if x.shape[-2:] != (self.input_size, self.input_size):
             side = self.input_size
             raise FerlabError(f"deep_emotion was built for {side}x{side} input (model.input_size) but got "
                               f"{tuple(x.shape[-2:])}; keep model.input_size=${{data.image_size}}")
-        x = self.feature_drop(self.features(self.stn(x)))
-        return self.fc(torch.flatten(x, 1))
+        return self.features(self.stn(x))
+
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, channels, h, w) -> (B, hidden): dropout, flatten, fc
+        return self.fc(torch.flatten(self.feature_drop(fmap), 1))
 
 
 @register_model

@@ -152,6 +152,9 @@ class ResNet(FERNet):
         self.fusion = FeatureFusion(outs[-self.fusion_stages:], fusion)
         self.init_head(self.fusion.num_features, num_classes, drop_rate)
         self.set_cam_layer(self.stages[-1])
+        if self.fusion_stages == 1:  # fused stages: the embedding is not pooled from the last map alone
+            self.feature_map_channels = outs[-1]
+        self.no_feature_map_reason = f"model.fusion={fusion} pools {self.fusion_stages} stages into its embedding"
         _init_weights(self, zero_init_residual)
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
@@ -161,6 +164,16 @@ class ResNet(FERNet):
             x = stage(x)
             maps.append(x)
         return self.fusion(maps[-self.fusion_stages:])
+
+    def forward_feature_map(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C_last, H/32, W/32) (imagenet stem)
+        if not self.has_feature_map:
+            raise self.no_feature_map()
+        return self.stages(self.stem(x))
+
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, C_last, h, w) -> (B, C_last): global average pooling
+        if not self.has_feature_map:
+            raise self.no_feature_map()
+        return self.fusion([fmap])
 
 
 def _with_dropout(blocks: list[nn.Module], rates: Sequence[float] | None) -> nn.Sequential:

@@ -84,9 +84,11 @@ class TimmNet(FERNet):
             self.patch_grid = PatchGrid(body.num_prefix_tokens, body.patch_embed.grid_size)
             body.blocks[-1].register_forward_pre_hook(_Reroute(self.patch_grid))
             self.set_cam_layer(self.patch_grid.grid)
+            self.no_feature_map_reason = "its features are tokens (a ViT-style timm model)"
         else:
             self.feature_map = nn.Identity()  # Grad-CAM's layer when the body's features are a map
             self.set_cam_layer(self.feature_map)
+            self.feature_map_channels = int(body.num_features)  # timm: channels of forward_features' map
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
         maps = self.body.forward_features(x)  # (B, C, h, w); (B, h, w, C) for NHWC nets; (B, N, C) tokens
@@ -95,6 +97,20 @@ class TimmNet(FERNet):
         elif self.layout == "NHWC":
             maps = self.feature_map(maps.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.body.forward_head(maps, pre_logits=True)
+
+    def forward_feature_map(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, feature_map_channels, h, w)
+        if not self.has_feature_map:
+            raise self.no_feature_map()
+        maps = self.body.forward_features(x)
+        if maps.ndim != 4:  # a token model timm lays out otherwise (no patch grid)
+            raise FerlabError(f"timm {self.body.pretrained_cfg.get('architecture')} has no single feature map: "
+                              f"its features are {maps.ndim}-d, not (B, C, h, w)")
+        return self.feature_map(maps.permute(0, 3, 1, 2) if self.layout == "NHWC" else maps)  # NCHW view
+
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, C, h, w) -> (B, num_features): timm's pooling and neck
+        if not self.has_feature_map:
+            raise self.no_feature_map()
+        return self.body.forward_head(fmap.permute(0, 2, 3, 1) if self.layout == "NHWC" else fmap, pre_logits=True)
 
 
 def _is_vit(body: nn.Module) -> bool:

@@ -96,11 +96,23 @@ class VGG(FERNet):
         self.mlp = nn.Sequential(*mlp)
         self.init_head(width, num_classes, drop_rate)
         self.set_cam_layer(self.stages[-1].convs)  # before the last pooling: 3x3 at 48x48 input
+        self.feature_map_channels = cin
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
         x = self.stages(x)  # (B, C_last, H / 2**stages, W / 2**stages) for 2x2 pooling
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, self.pool_size), 1)
         return self.mlp(x)
+
+    def forward_feature_map(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C_last, h, w), the cam_layer's output
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        return self.stages[-1].convs(x)
+
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, C_last, h, w) -> (B, num_features)
+        for name, module in self.stages[-1].named_children():  # the last stage's pooling (and dropout)
+            if name != "convs":
+                fmap = module(fmap)
+        return self.mlp(torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, self.pool_size), 1))
 
 
 def _torchvision_vgg(depth: int, norm: str, doc: str):
