@@ -102,6 +102,10 @@ RECIPES = {
         "sched.scheduler.milestones": [3], "sched.scheduler.factors": [1.0, 0.1], "augment.ops": [],
         "callbacks.backbone_finetuning.unfreeze_backbone_at_epoch": 3,
         "callbacks.backbone_finetuning.backbone_initial_ratio_lr": 1.0, "trainer.max_epochs": 9},
+    "affectnet_va": {
+        "data.name": "affectnet", "data.num_classes": 8, "head.kind": "expr_va", "model.num_classes": 10,
+        "data.va_targets": True, "monitor": "val/ccc_mean", "head.mse_weight": 1.0, "optim.lr": 0.0001,
+        "sched.scheduler.gamma": 0.9, "trainer.max_epochs": 15},
     "report004_finetune": {
         "data.name": "ferplus", "model._target_": "ferlab.models.cliquenet.cliquenet", "optim.lr": 0.0001,
         "init_from": "last:report004_pretrain", "augment.ops.1._target_": "ferlab.data.augment.RandomAffine"},
@@ -238,12 +242,15 @@ def test_the_papers_recipes_train_on_their_datasets_layout(tmp_path):
     torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, data / "weights" / "resnet18_msceleb.pth")
     short = ["data.image_size=48", "data.batch_size=8", "data.eval_batch_size=16", "trainer.max_epochs=1",
              "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false", "logger=none",
-             "callbacks=none", "trainer.num_sanity_val_steps=0", "+data.decode_workers=1"]  # no checkpoints written
+             "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null", "trainer.num_sanity_val_steps=0",
+             "+data.decode_workers=1"]
     recipes = {name: [] for name in ("rafdb_r18_msceleb", "rafdb_scn", "rafdb_eac", "rafdb_dan", "affectnet7_dan")}
     recipes["affectnet8_enet_b2"] = ["model.pretrained=null"]  # timm files: the backbone loaders' tests
+    recipes["affectnet_va"] = []  # expression + valence/arousal from the AffectNet CSV's columns
     for name, extra in recipes.items():
         cfg = compose_run("train", [f"paths.root_dir={tmp_path}", f"experiment={name}", *short, *extra], tmp_path / name)
         metrics = run_train(cfg)
         assert metrics["global_step"] == 1 and metrics["dataset"]["name"] == cfg.data.name, name
         if name != "affectnet8_enet_b2":
             assert metrics["weights"]["pretrained"]["loaded"] > 100, name  # the ResNet-18 file, not a fresh net
+    assert "val/ccc_mean" in metrics["history"][-1]  # affectnet_va's last: it scores valence/arousal
