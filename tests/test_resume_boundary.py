@@ -268,6 +268,33 @@ def test_a_stop_while_testing_stops_at_once_and_the_resume_tests_again(base, ref
     _resume_matches(reference("plain"), base, run, "plain", tmp_path)
 
 
+WINDOWS = {  # a stop outside Lightning's loops: between the fit and the test, and while the run's files are written
+    "after_fit": "ferlab.lit.pruning.pruned",
+    "writing_files": "ferlab.analysis.report.report_after_training",
+}
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_a_stop_between_the_stages_or_while_writing_stops_in_one_line_and_resumes(base, reference, tmp_path,
+                                                                               monkeypatch, window):
+    import importlib
+
+    module, name = WINDOWS[window].rsplit(".", 1)
+    original = getattr(importlib.import_module(module), name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)  # before this: the default action killed the run without a word
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(WINDOWS[window], signalled)
+    run = tmp_path / "run"
+    stop = _stop(_cfg(base, run), USR1)
+    assert _where(2, 8) in str(stop) and "resume with ckpt_path=" in str(stop)
+    assert not (run / "metrics.json").exists()  # written last: only a finished run has one
+    monkeypatch.setattr(WINDOWS[window], original)
+    _resume_matches(reference("plain"), base, run, "plain", tmp_path)
+
+
 def test_a_second_ctrl_c_during_validation_stops_without_saving_and_the_last_epoch_end_resumes(base, reference,
                                                                                                tmp_path):
     run = tmp_path / "run"

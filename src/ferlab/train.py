@@ -111,13 +111,10 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     trackers.require_packages(cfg)  # logger=mlflow without mlflow: the extra to install, at once
     import pytorch_lightning as pl
 
-    from ferlab.hparams import log_hparams
-    from ferlab.lit.callbacks import scalars
-    from ferlab.lit.preemption import stoppable
-    from ferlab.lit.pruning import pruned
+    from ferlab.lit.preemption import signals_stop
     from ferlab.lit.resume import check_fits, resolve_ckpt_path
     from ferlab.lit.summary import quiet_lightning
-    from ferlab.runfiles import print_summary, write_json
+    from ferlab.runfiles import print_summary
 
     quiet_lightning()
     start = time.time()
@@ -132,6 +129,23 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     trainer, model, datamodule = parts["trainer"], parts["model"], parts["datamodule"]
     if ckpt_path is not None:  # another model's checkpoint is one line, not Lightning's list of missing keys
         check_fits(ckpt_path, model, model.hparams.config)
+    with signals_stop(trainer):  # a stop between the stages or while the files are written: the resume line
+        metrics = _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, parts["weights"], start)
+    if trainer.is_global_zero:
+        print_summary(metrics, Path(cfg.paths.output_dir))
+    return metrics
+
+
+def _fit_and_test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, weights: dict,
+                  start: float) -> dict[str, Any]:
+    """Fit, test the best checkpoint when `cfg.test`, and write the run's files (metrics.json last: it exists only
+    for a run that finished)."""
+    from ferlab.hparams import log_hparams
+    from ferlab.lit.callbacks import scalars
+    from ferlab.lit.preemption import stoppable
+    from ferlab.lit.pruning import pruned
+    from ferlab.runfiles import write_json
+
     stoppable(trainer.fit)(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     final = scalars(trainer.callback_metrics)  # the last epoch's metrics; trainer.test replaces them
     stopped_by_pruner = pruned(trainer)
@@ -141,18 +155,17 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         results = stoppable(trainer.test)(model, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                            weights_only=True)
         test_metrics = {k: v for r in results for k, v in r.items()}
-    metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start, parts["weights"])
+    metrics = collect_metrics(cfg, trainer, datamodule, final, test_metrics, time.time() - start, weights)
     if stopped_by_pruner:  # the run dir says so; `ferlab report` lists it as pruned
         metrics["pruned"] = stopped_by_pruner
     run_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
         log_hparams(trainer.loggers, cfg, metrics)  # TensorBoard's HPARAMS view compares a sweep's runs
         if test_metrics:  # per-class report + confusion matrix of the tested checkpoint, <run>/eval/
             from ferlab.analysis.report import report_after_training
 
             report_after_training(trainer, model, datamodule, run_dir)
-        print_summary(metrics, run_dir)
+        write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -171,12 +171,13 @@ def preempted(trainer: pl.Trainer, signum: int | None = None) -> Preempted:
 
 
 @contextlib.contextmanager
-def _signals_stop(trainer: pl.Trainer) -> Iterator[None]:
+def signals_stop(trainer: pl.Trainer) -> Iterator[None]:
     """A stop signal outside the training loop (setup, testing, teardown) raises `Preempted` / `Interrupted` at
     once: nothing is being saved there, and the checkpoints written before are exact resume points. Not Lightning's
     handling: a KeyboardInterrupt notice and exit status 1, SIGTERM's status 0, and SIGUSR1's default action (the
     process killed without a word). From the sanity check to the end of training `Preemption`'s handlers take over;
-    Lightning's SIGTERM handler, installed for the call, calls this one too."""
+    Lightning's SIGTERM handler, installed for the call, calls this one too. `ferlab train` holds it from the fit
+    to its last file (the gap between fit and test, the run's files after the test)."""
     def stop(signum: int, frame: Any) -> None:
         raise preempted(trainer, signum)
 
@@ -197,7 +198,7 @@ def stoppable(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            with _signals_stop(trainer):
+            with signals_stop(trainer):
                 result = method(*args, **kwargs)
         except SIGTERMException:
             raise preempted(trainer) from None
