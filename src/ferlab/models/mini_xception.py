@@ -114,10 +114,17 @@ class MiniXception(FERNet):
                                       for cin, cout in zip(cins, widths, strict=True)))
         self.init_head(widths[-1] * HEAD_KERNEL**2, num_classes, drop_rate)
         self.set_cam_layer(self.blocks)  # (B, 128, 3, 3) at 48x48, (B, 128, 4, 4) at 64x64
+        self.feature_map_channels = widths[-1]  # the training methods' surface (ferlab.models.base)
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, 9 * widths[-1])
+        return self.pool_features(self.forward_feature_map(x))
+
+    def forward_feature_map(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, widths[-1], h, w): the last module's
+        return self.blocks(self.stem(x))
+
+    def pool_features(self, fmap: Tensor) -> Tensor:  # (B, C', h, w) -> (B, 9 * C'): the classifier conv's 9 views
         pad = HEAD_KERNEL // 2
-        x = F.pad(self.blocks(self.stem(x)), (pad, pad, pad, pad))  # (B, C', h + 2, w + 2), zeros as 'same'
+        x = F.pad(fmap, (pad, pad, pad, pad))  # (B, C', h + 2, w + 2), zeros as 'same'
         # tap u of the kernel sees padded rows u .. u + h - 1 (slices free of the map size: exports stay static)
         taps = [slice(u, u - 2 * pad or None) for u in range(HEAD_KERNEL)]
         views = torch.stack([x[:, :, rows, cols].mean((2, 3)) for rows in taps for cols in taps], 2)  # (B, C', 9)
