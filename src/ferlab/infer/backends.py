@@ -19,8 +19,8 @@ import numpy as np
 from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
-from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.infer.preprocessing import check_record
+from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.runner import require_checkpoint
 from ferlab.stored import check_plain, plain_list, refused
 from ferlab.weights import is_builtin
