@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= sweep,infer,timm,dev
 ARGS ?=
 
-.PHONY: install train test lint tb bench clean
+.PHONY: install train test lint tb bench docs docs-serve clean
 
 install: $(STAMP)
 
@@ -32,5 +32,11 @@ tb: install  ## TensorBoard over every run and sweep
 bench: install  ## every benchmark; tables go to benchmarks/results/
 	$(BIN)/python -m benchmarks.run_all
 
+docs: install  ## the documentation site, strictly (a broken link or anchor fails), into site/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install  ## the site at http://127.0.0.1:8000, rebuilt as pages change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf outputs .cache .pytest_cache .ruff_cache
+	rm -rf outputs .cache .pytest_cache .ruff_cache site
