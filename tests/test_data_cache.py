@@ -226,3 +226,18 @@ def test_training_on_a_large_cache_keeps_resident_memory_far_below_its_size(tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     small_peak, big_peak = json.loads(out.stdout.strip().splitlines()[-1])
     assert big_peak - small_peak < 0.3 * big, (small_peak / 1e6, big_peak / 1e6, big / 1e6)
+
+
+def test_too_little_space_to_stage_is_the_disk_full_error(tmp_path, monkeypatch):
+    """The free-space check before staging raises what a full disk raises (DiskFull), naming the folder."""
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    from ferlab.data import store
+    from ferlab.errors import DiskFull
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 100))
+    with staging(tmp_path), pytest.raises(DiskFull, match=f"{tmp_path}: no space for the decoded images"):
+        store.stage((4, 1, 48, 48))
+    assert not list(tmp_path.iterdir())  # nothing staged
