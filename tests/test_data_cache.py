@@ -241,3 +241,23 @@ def test_too_little_space_to_stage_is_the_disk_full_error(tmp_path, monkeypatch)
     with staging(tmp_path), pytest.raises(DiskFull, match=f"{tmp_path}: no space for the decoded images"):
         store.stage((4, 1, 48, 48))
     assert not list(tmp_path.iterdir())  # nothing staged
+
+
+def test_rebuilding_a_stored_data_config_stats_each_file_once(tmp_path, monkeypatch):
+    """build_stored_datamodule trusts the reader's own check of its files; a missing one is still one line."""
+    from ferlab.data.rebuild import DATAMODULE, build_stored_datamodule
+    from ferlab.errors import DataNotFound
+    from ferlab.labels import FER2013
+
+    csv = tmp_path / "fer2013.csv"
+    write_fer2013_csv(csv, *make_dataset(SynthSpec(num_images=20)))
+    data = {"_target_": DATAMODULE, "source": {"_target_": "ferlab.data.sources.fer2013.Fer2013Csv",
+                                               "csv_path": str(csv)},
+            "name": "fer2013", "num_classes": 7, "class_names": list(FER2013), "in_chans": 1, "image_size": 48}
+    stats, stat = [], Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: (stats.append(self), stat(self, **kw))[1])
+    build_stored_datamodule(data, "best.ckpt", cache_dir=None)
+    assert stats.count(csv) == 1
+    csv.unlink()
+    with pytest.raises(DataNotFound, match=r"^best.ckpt: the data it was trained on is not on this machine \(FER2013"):
+        build_stored_datamodule(data, "best.ckpt", cache_dir=None)
