@@ -273,3 +273,17 @@ def test_bad_search_input_is_one_line_and_leaves_the_study_alone(tmp_path, overr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("ferlab: error: ") and message in line
     assert _sha(db) == before and len(_study(f"sqlite:///{db}").trials) == 1
+
+
+def test_a_trial_builds_its_sampler_once(tmp_path):
+    """Seeded for the number it will get, once; rebuilt only when another worker took that number meanwhile."""
+    from ferlab.study import open_storage
+    from hydra_plugins.ferlab_sweepers._optuna import _Search
+
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    search = object.__new__(_Search)  # only what _ask uses: the study, its storage and the seeded samplers
+    search.storage, search.study = storage, optuna.create_study(study_name="s", storage=storage)
+    built = []
+    search.sampler_for = lambda number: built.append(number) or optuna.samplers.RandomSampler(seed=number)
+    assert [search._ask().number for _ in range(3)] == [0, 1, 2]
+    assert built == [0, 1, 2]

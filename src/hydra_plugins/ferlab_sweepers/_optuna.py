@@ -285,15 +285,18 @@ class _Search:
 
     def _ask(self) -> Trial:
         """The next trial (a queued retry first), its sampler seeded for its number (the next number guessed
-        before `ask` for the sampler's `before_trial`, e.g. GridSampler's pick, then set to the one it got)."""
-        self.study.sampler = self.sampler_for(len(self.study.get_trials(deepcopy=False)))
+        before `ask` for the sampler's `before_trial`, e.g. GridSampler's pick; built again only when another worker's
+        trial took that number)."""
+        guess = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = self.sampler_for(guess)
         with warnings.catch_warnings():  # Optuna expects heartbeats from study.optimize; this loop keeps them
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = self.study.ask()
         if self.storage.get_heartbeat_interval():
             self.storage.record_heartbeat(trial._trial_id)  # at once, as Optuna's loop does: a trial that never
             # had a heartbeat is never failed as stale, so a worker killed before its first beat would strand it
-        self.study.sampler = self.sampler_for(trial.number)
+        if trial.number != guess:
+            self.study.sampler = self.sampler_for(trial.number)
         return trial
 
     def _configure(self, trial: Trial) -> list[str]:
