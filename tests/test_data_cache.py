@@ -261,3 +261,28 @@ def test_rebuilding_a_stored_data_config_stats_each_file_once(tmp_path, monkeypa
     csv.unlink()
     with pytest.raises(DataNotFound, match=r"^best.ckpt: the data it was trained on is not on this machine \(FER2013"):
         build_stored_datamodule(data, "best.ckpt", cache_dir=None)
+
+
+def test_a_full_disk_leaves_no_lock_file(tmp_path, monkeypatch):
+    """A build that fails on a full disk removes the lock file it created; one that cannot create it is one line."""
+    import errno
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    from ferlab.errors import DiskFull
+
+    csv, cache = tmp_path / "fer2013.csv", tmp_path / "cache"
+    write_fer2013_csv(csv, *make_dataset(SynthSpec(num_images=20)))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 100))
+    with pytest.raises(DiskFull):
+        load_or_build(Fer2013Csv(str(csv)), cache)
+    assert list(cache.iterdir()) == []
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "open", full, raising=False)
+    with pytest.raises(DiskFull, match=r"^no space left on device creating the cache lock .*\.lock$"):
+        load_or_build(Fer2013Csv(str(csv)), cache)
+    assert list(cache.iterdir()) == []
