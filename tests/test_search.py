@@ -229,6 +229,25 @@ def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path):
     optuna.storages.fail_stale_trials(search.study)
     assert search.study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
 
+def test_a_trial_left_running_without_heartbeats_is_failed_and_retried(tmp_path):
+    """An Optuna-2 worker (hydra-optuna-sweeper) keeps no heartbeats: its trial left RUNNING is failed once its
+    start is older than the grace period, and queued again with its parameters; a trial just asked is left alone."""
+    from ferlab.study import open_storage
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    old = optuna.create_study(study_name="s", storage=url)  # Optuna's own storage: no heartbeats
+    old.ask().suggest_float("x", 0, 1)
+    with sqlite3.connect(tmp_path / "study.db") as con:
+        con.execute("UPDATE trials SET datetime_start = '2021-06-01 12:00:00.000000' WHERE number = 0")
+    old.ask()  # just asked: within the grace period
+    study = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=5,
+                                                                   max_retry=1))
+    optuna.storages.fail_stale_trials(study)
+    left, fresh, retry = study.get_trials(deepcopy=False)
+    assert left.state == TrialState.FAIL and fresh.state == TrialState.RUNNING
+    assert retry.state == TrialState.WAITING and retry.params == left.params and retry.system_attrs["failed_trial"] == 0
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -250,8 +269,10 @@ def test_a_study_of_the_old_optuna_2_version_is_upgraded_then_continued(tmp_path
     r = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(url, "train_synthetic").trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING,
+    # the trial the Optuna 2 worker left running is failed and re-run with its parameters, not left RUNNING
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL,
                                          TrialState.COMPLETE]
+    assert trials[3].system_attrs["failed_trial"] == 2 and trials[2].params.items() <= trials[3].params.items()
     assert trials[0].params["optim.lr"] == pytest.approx(0.06149619971126094)  # the old trials, as they were
     assert trials[0].distributions["optim.lr"] == FloatDistribution(1e-4, 1e-1, log=True)
 
