@@ -308,3 +308,30 @@ def test_a_trial_builds_its_sampler_once(tmp_path):
     search.sampler_for = lambda number: built.append(number) or optuna.samplers.RandomSampler(seed=number)
     assert [search._ask().number for _ in range(3)] == [0, 1, 2]
     assert built == [0, 1, 2]
+
+
+def test_the_retry_of_a_stopped_trial_continues_its_run(tmp_path):
+    """Ctrl-C fails a worker's running trial and queues its retry; the retry (Optuna's next number, linked by
+    `failed_trial`) continues the stopped run in its dir from its last.ckpt instead of starting again."""
+    from types import SimpleNamespace
+
+    from ferlab.study import open_storage
+    from ferlab.trial import RUN_ATTR
+    from hydra_plugins.ferlab_sweepers._optuna import _abandon, _Search
+
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=30, max_retry=1)
+    search = object.__new__(_Search)  # what _ask and _configure use
+    search.storage, search.study = storage, optuna.create_study(study_name="s", storage=storage)
+    search.sampler_for = lambda number: optuna.samplers.RandomSampler(seed=number)
+    search.space, search.fixed, search.extend, search.job_overrides = {"x": FloatDistribution(0, 1)}, {}, None, []
+    search.sweeper = SimpleNamespace(config=None, _job_dir=lambda overrides, idx: tmp_path / "sweep" / str(idx))
+    first = search._ask()
+    assert not any(o.startswith("ckpt_path=") for o in search._configure(first))
+    run = tmp_path / "sweep" / "0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"saved at Ctrl-C")
+    _abandon(search.study, [first], max_retry=1, retry=True)
+    retry = search._ask()
+    overrides = search._configure(retry)
+    assert storage.get_trial_system_attrs(retry._trial_id)["failed_trial"] == 0 and retry.params == first.params
+    assert f"ckpt_path='{run}'" in overrides and retry.user_attrs[RUN_ATTR]["dir"] == str(run)
