@@ -175,3 +175,14 @@ def test_train_runs_end_to_end_with_the_chosen_classes(v2021, make_cfg, classes)
     ids = {s: [int(np.load(p)) for p in (v2021 / s / "annotations").glob("*_exp.npy")] for s in ("train_set", "val_set")}
     assert sizes["train"] + sizes["val"] == sum(i < classes for i in ids["train_set"])
     assert sizes["test"] == sum(i < classes for i in ids["val_set"]) and sizes["val"] >= 1
+
+
+def test_list_rows_is_the_one_reader_of_an_affectnet_list(tmp_path):
+    """The reader and `ferlab align`'s landmarks share it: blank lines and the header skipped, rows numbered."""
+    from ferlab.data.sources.affectnet import COLUMNS, list_rows
+
+    path = tmp_path / "validation.csv"
+    row = ["a/1.jpg", "0", "0", "10", "10", "1;2", "1", "0.5", "-0.5"][:len(COLUMNS)]
+    path.write_text("\n".join([",".join(COLUMNS), "", ",".join(row)]) + "\n")
+    ((fields, index, where),) = list(list_rows(path))
+    assert fields == row and where == f"{path}:3" and index["fields"] == len(COLUMNS)

@@ -140,3 +140,12 @@ def test_training_batches_are_augmented_and_evaluation_batches_only_normalized(t
     expected = (x.float() / 255 - dm.mean) / dm.std
     torch.testing.assert_close(dm.transform(x, train=False), expected)
     assert not torch.allclose(dm.transform(x, train=True), expected)
+
+
+def test_crop_windows_is_each_images_own_slice():
+    """The one gather behind random_crop and RandomPadCrop takes image i's window at (dy[i], dx[i])."""
+    x = torch.arange(3 * 2 * 7 * 9).view(3, 2, 7, 9)
+    dy, dx = torch.tensor([0, 2, 3]), torch.tensor([4, 0, 1])
+    out = A._crop_windows(x, dy, dx, 4, 5)
+    for i in range(3):
+        assert torch.equal(out[i], x[i, :, dy[i]:dy[i] + 4, dx[i]:dx[i] + 5])

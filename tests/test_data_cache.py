@@ -226,3 +226,63 @@ def test_training_on_a_large_cache_keeps_resident_memory_far_below_its_size(tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     small_peak, big_peak = json.loads(out.stdout.strip().splitlines()[-1])
     assert big_peak - small_peak < 0.3 * big, (small_peak / 1e6, big_peak / 1e6, big / 1e6)
+
+
+def test_too_little_space_to_stage_is_the_disk_full_error(tmp_path, monkeypatch):
+    """The free-space check before staging raises what a full disk raises (DiskFull), naming the folder."""
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    from ferlab.data import store
+    from ferlab.errors import DiskFull
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 100))
+    with staging(tmp_path), pytest.raises(DiskFull, match=f"{tmp_path}: no space for the decoded images"):
+        store.stage((4, 1, 48, 48))
+    assert not list(tmp_path.iterdir())  # nothing staged
+
+
+def test_rebuilding_a_stored_data_config_stats_each_file_once(tmp_path, monkeypatch):
+    """build_stored_datamodule trusts the reader's own check of its files; a missing one is still one line."""
+    from ferlab.data.rebuild import DATAMODULE, build_stored_datamodule
+    from ferlab.errors import DataNotFound
+    from ferlab.labels import FER2013
+
+    csv = tmp_path / "fer2013.csv"
+    write_fer2013_csv(csv, *make_dataset(SynthSpec(num_images=20)))
+    data = {"_target_": DATAMODULE, "source": {"_target_": "ferlab.data.sources.fer2013.Fer2013Csv",
+                                               "csv_path": str(csv)},
+            "name": "fer2013", "num_classes": 7, "class_names": list(FER2013), "in_chans": 1, "image_size": 48}
+    stats, stat = [], Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: (stats.append(self), stat(self, **kw))[1])
+    build_stored_datamodule(data, "best.ckpt", cache_dir=None)
+    assert stats.count(csv) == 1
+    csv.unlink()
+    with pytest.raises(DataNotFound, match=r"^best.ckpt: the data it was trained on is not on this machine \(FER2013"):
+        build_stored_datamodule(data, "best.ckpt", cache_dir=None)
+
+
+def test_a_full_disk_leaves_no_lock_file(tmp_path, monkeypatch):
+    """A build that fails on a full disk removes the lock file it created; one that cannot create it is one line."""
+    import errno
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    from ferlab.errors import DiskFull
+
+    csv, cache = tmp_path / "fer2013.csv", tmp_path / "cache"
+    write_fer2013_csv(csv, *make_dataset(SynthSpec(num_images=20)))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 100))
+    with pytest.raises(DiskFull):
+        load_or_build(Fer2013Csv(str(csv)), cache)
+    assert list(cache.iterdir()) == []
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "open", full, raising=False)
+    with pytest.raises(DiskFull, match=r"^no space left on device creating the cache lock .*\.lock$"):
+        load_or_build(Fer2013Csv(str(csv)), cache)
+    assert list(cache.iterdir()) == []

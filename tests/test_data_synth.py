@@ -70,3 +70,12 @@ def test_a_bad_row_ends_training_with_one_line_naming_file_and_line(tmp_path, wr
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"ferlab: error: {csv}:8: pixels has 2303 values, expected 2304"
     assert [p.name for p in csv.parent.iterdir()] == ["fer2013.csv"]  # nothing written beside the data
+
+
+def test_help_says_which_formats_write_one_csv_file():
+    from ferlab.synth import FILES, build_parser
+
+    epilog = build_parser().epilog
+    for name in FORMATS:
+        kind = "a .csv file" if name in FILES else "a folder"
+        assert any(line.split()[0] == name and line.endswith(f"(out: {kind})") for line in epilog.splitlines()[1:])

@@ -359,3 +359,32 @@ def test_kill_during_checkpoint_write_leaves_previous_last_ckpt_intact(tmp_path)
     assert proc.exitcode == -signal.SIGKILL
     restored = load_checkpoint(path)
     assert restored["epoch"] == 4 and torch.equal(restored["state_dict"]["w"], torch.ones(10))
+
+
+def test_every_stop_line_uses_one_resume_wording(tmp_path, monkeypatch):
+    """The Ctrl-C line outside the loop, the in-loop signal line and the DDP workers' line share one wording."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ferlab.lit import ddp
+    from ferlab.lit.preemption import stop_message
+    from ferlab.runner import _as_reported
+
+    run, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trainer = SimpleNamespace(current_epoch=1, global_step=5, default_root_dir=str(run), callbacks=[])
+    exited = SimpleNamespace(error_index=1, exit_code=-15)
+    monkeypatch.setattr(ddp, "last_checkpoint", lambda _: last)
+    cfg = OmegaConf.create({"paths": {"output_dir": str(run)}})
+
+    def lines() -> list[str]:
+        return [str(_as_reported(KeyboardInterrupt(), cfg)), stop_message(signal.SIGTERM, trainer, last),
+                ddp._stopped_message(trainer, signal.SIGTERM, exited)]
+
+    assert all(line.endswith("; no checkpoint saved yet, nothing to resume") for line in lines())
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"not a checkpoint")  # _saved_at then says nothing of the position
+    outside, in_loop, workers = lines()
+    assert outside == f"interrupted; resume with ckpt_path={run}"
+    assert in_loop.endswith(f"; checkpoint saved to {last}; resume with ckpt_path={run}")
+    assert workers == f"stopped by SIGTERM (rank 1 exited with -15); checkpoint saved to {last}; resume with ckpt_path={run}"

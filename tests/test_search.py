@@ -229,6 +229,25 @@ def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path):
     optuna.storages.fail_stale_trials(search.study)
     assert search.study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
 
+def test_a_trial_left_running_without_heartbeats_is_failed_and_retried(tmp_path):
+    """An Optuna-2 worker (hydra-optuna-sweeper) keeps no heartbeats: its trial left RUNNING is failed once its
+    start is older than the grace period, and queued again with its parameters; a trial just asked is left alone."""
+    from ferlab.study import open_storage
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    old = optuna.create_study(study_name="s", storage=url)  # Optuna's own storage: no heartbeats
+    old.ask().suggest_float("x", 0, 1)
+    with sqlite3.connect(tmp_path / "study.db") as con:
+        con.execute("UPDATE trials SET datetime_start = '2021-06-01 12:00:00.000000' WHERE number = 0")
+    old.ask()  # just asked: within the grace period
+    study = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=5,
+                                                                   max_retry=1))
+    optuna.storages.fail_stale_trials(study)
+    left, fresh, retry = study.get_trials(deepcopy=False)
+    assert left.state == TrialState.FAIL and fresh.state == TrialState.RUNNING
+    assert retry.state == TrialState.WAITING and retry.params == left.params and retry.system_attrs["failed_trial"] == 0
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -250,8 +269,10 @@ def test_a_study_of_the_old_optuna_2_version_is_upgraded_then_continued(tmp_path
     r = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(url, "train_synthetic").trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING,
+    # the trial the Optuna 2 worker left running is failed and re-run with its parameters, not left RUNNING
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL,
                                          TrialState.COMPLETE]
+    assert trials[3].system_attrs["failed_trial"] == 2 and trials[2].params.items() <= trials[3].params.items()
     assert trials[0].params["optim.lr"] == pytest.approx(0.06149619971126094)  # the old trials, as they were
     assert trials[0].distributions["optim.lr"] == FloatDistribution(1e-4, 1e-1, log=True)
 
@@ -273,3 +294,44 @@ def test_bad_search_input_is_one_line_and_leaves_the_study_alone(tmp_path, overr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("ferlab: error: ") and message in line
     assert _sha(db) == before and len(_study(f"sqlite:///{db}").trials) == 1
+
+
+def test_a_trial_builds_its_sampler_once(tmp_path):
+    """Seeded for the number it will get, once; rebuilt only when another worker took that number meanwhile."""
+    from ferlab.study import open_storage
+    from hydra_plugins.ferlab_sweepers._optuna import _Search
+
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    search = object.__new__(_Search)  # only what _ask uses: the study, its storage and the seeded samplers
+    search.storage, search.study = storage, optuna.create_study(study_name="s", storage=storage)
+    built = []
+    search.sampler_for = lambda number: built.append(number) or optuna.samplers.RandomSampler(seed=number)
+    assert [search._ask().number for _ in range(3)] == [0, 1, 2]
+    assert built == [0, 1, 2]
+
+
+def test_the_retry_of_a_stopped_trial_continues_its_run(tmp_path):
+    """Ctrl-C fails a worker's running trial and queues its retry; the retry (Optuna's next number, linked by
+    `failed_trial`) continues the stopped run in its dir from its last.ckpt instead of starting again."""
+    from types import SimpleNamespace
+
+    from ferlab.study import open_storage
+    from ferlab.trial import RUN_ATTR
+    from hydra_plugins.ferlab_sweepers._optuna import _abandon, _Search
+
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=30, max_retry=1)
+    search = object.__new__(_Search)  # what _ask and _configure use
+    search.storage, search.study = storage, optuna.create_study(study_name="s", storage=storage)
+    search.sampler_for = lambda number: optuna.samplers.RandomSampler(seed=number)
+    search.space, search.fixed, search.extend, search.job_overrides = {"x": FloatDistribution(0, 1)}, {}, None, []
+    search.sweeper = SimpleNamespace(config=None, _job_dir=lambda overrides, idx: tmp_path / "sweep" / str(idx))
+    first = search._ask()
+    assert not any(o.startswith("ckpt_path=") for o in search._configure(first))
+    run = tmp_path / "sweep" / "0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"saved at Ctrl-C")
+    _abandon(search.study, [first], max_retry=1, retry=True)
+    retry = search._ask()
+    overrides = search._configure(retry)
+    assert storage.get_trial_system_attrs(retry._trial_id)["failed_trial"] == 0 and retry.params == first.params
+    assert f"ckpt_path='{run}'" in overrides and retry.user_attrs[RUN_ATTR]["dir"] == str(run)

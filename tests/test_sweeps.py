@@ -232,3 +232,19 @@ def test_ctrl_c_stops_the_sweep_lists_what_is_left_and_the_same_sweep_continues(
     assert data["failed"] == [] and data["incomplete"] == [] and sorted(data["rows"][0]["seeds"]) == ["1", "2", "3"]
     assert f"resuming from {sweep / '0' / 'checkpoints' / 'last.ckpt'}" in r.stdout  # job 0 went on from step 1
     assert json.loads((sweep / "0" / "metrics.json").read_text())["global_step"] == 2
+
+
+def test_the_end_of_a_sweep_reads_its_run_folders_once(tmp_path, monkeypatch):
+    """The table and the stop line come from one walk of the sweep dir."""
+    import contextlib
+
+    import ferlab.report
+    from ferlab.sweep import SweepFailed, SweepSummary, mark_not_started
+
+    for job in ("0", "1"):
+        mark_not_started(tmp_path / job, [f"seed={job}"])
+    calls, find_runs = [], ferlab.report.find_runs
+    monkeypatch.setattr(ferlab.report, "find_runs", lambda dirs: calls.append(dirs) or find_runs(dirs))
+    with contextlib.suppress(SweepFailed):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert calls == [[tmp_path]]

@@ -370,3 +370,30 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_contin
     assert sorted(w["exit"] for w in logs) == [0, 128 + signal.SIGINT]
     epochs = {**_epochs(logs[0]["history"], "val/acc"), **_epochs(logs[1]["history"], "val/acc")}
     assert epochs == {row["epoch"]: row["val/acc"] for row in metrics["history"]}
+
+
+def test_tensorboard_on_a_full_disk_costs_one_warning_not_the_run(tmp_path, monkeypatch, caplog):
+    """conf/logger/tensorboard.yaml's logger: a write failing with ENOSPC stops the events with one warning line."""
+    import errno
+
+    from hydra.utils import instantiate
+
+    from ferlab.runner import CONF_DIR
+
+    node = OmegaConf.load(Path(CONF_DIR) / "logger" / "tensorboard.yaml").tensorboard
+    board = instantiate(node, save_dir=str(tmp_path), version="")
+    board.log_metrics({"train/loss": 1.0}, step=0)
+    writes = []
+
+    def full(*args, **kwargs):
+        writes.append(args)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(board.experiment, "add_scalar", full)
+    board.log_metrics({"train/loss": 0.5}, step=1)
+    board.log_metrics({"train/loss": 0.4}, step=2)  # dropped: the disk was full
+    board.log_hyperparams({"lr": 0.1}, metrics={"hp/val/acc": 0.5})
+    board.finalize("success")
+    assert len(writes) == 1
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and str(tmp_path) in lines[0]

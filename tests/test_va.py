@@ -212,6 +212,19 @@ def test_stored_head_is_rebuilt_from_plain_values_only():
             stored_head(bad, 8, "best.ckpt")
 
 
+def test_stored_head_and_tta_are_rebuilt_by_one_helper_with_one_wording():
+    from ferlab.analysis.tta import TARGET, TestTimeAugment, stored_tta
+    from ferlab.stored import build_stored
+
+    assert stored_tta({"_target_": TARGET, "mode": "flip"}, "best.ckpt").mode == "flip"
+    for bad, message in (({"_target_": "os.system"}, r"refused tta._target_ \('os.system' is not ferlab's test-time"),
+                         ({"_target_": TARGET, "bias": 1}, r"best.ckpt: cannot rebuild the stored tta config")):
+        with pytest.raises(FerlabError, match=message):
+            stored_tta(bad, "best.ckpt")
+    built = build_stored(TestTimeAugment, TARGET, {"_target_": TARGET, "mode": "none"}, "tta", "x", "tta")
+    assert built.mode == "none"
+
+
 def test_predicted_faces_carry_va_in_json_and_on_the_annotated_image():
     from ferlab.infer.draw import annotate
     from ferlab.infer.predictor import Face

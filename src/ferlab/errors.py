@@ -40,6 +40,15 @@ class Interrupted(Preempted):
         super().__init__(signal.SIGINT, message)
 
 
+def resume_message(head: str, run_dir: object | None, saved: object | None = None) -> str:
+    """The one wording of a stopped run's line: '<head>; [checkpoint saved to <saved>; ]resume with ckpt_path=<run dir>',
+    or '<head>; no checkpoint saved yet, nothing to resume' when there is no run dir to resume (`run_dir` None)."""
+    if run_dir is None:
+        return f"{head}; no checkpoint saved yet, nothing to resume"
+    kept = f"checkpoint saved to {saved}; " if saved else ""
+    return f"{head}; {kept}resume with ckpt_path={run_dir}"
+
+
 def stop_status(stop: BaseException) -> int:
     """The exit status of a stop: a `Preempted`'s (or any SystemExit's) integer code, else 130 (Ctrl-C)."""
     return stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 128 + signal.SIGINT

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ferlab import labels
-from ferlab.errors import DiskFull, FerlabError, Interrupted, Preempted
+from ferlab.errors import DiskFull, FerlabError, Interrupted, Preempted, resume_message
 from ferlab.searchpath import conf_root, user_searchpath_overrides, with_user_configs
 from ferlab.weights import resolve_checkpoint
 
@@ -158,8 +158,7 @@ def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:
 
         out = _job_dir(cfg)
         resumable = out is not None and (out / LAST).is_file()
-        return Interrupted(f"interrupted; resume with ckpt_path={out}" if resumable else "interrupted before "
-                           "the first checkpoint was saved; nothing to resume")
+        return Interrupted(resume_message("interrupted", out if resumable else None))
     e = _unwrap_user_error(e)
     return as_user_error(e) or e
 

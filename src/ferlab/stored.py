@@ -9,6 +9,7 @@ whole config has been checked. Configs the user composes (conf/, experiments, ov
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ferlab.errors import FerlabError
@@ -59,6 +60,18 @@ def target_and_kwargs(cfg: Any, key: str, where: str) -> tuple[str, dict[str, An
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
     check_plain(kwargs, key, where)
     return target, kwargs
+
+
+def build_stored(build: Callable[..., Any], target: str, cfg: Any, key: str, where: str, what: str) -> Any:
+    """`build(**kwargs)` from a stored `{_target_: target, **kwargs}` under `key`: one line naming the key when it
+    names another target (`what`: what ferlab's is) or arguments `build` does not take."""
+    found, kwargs = target_and_kwargs(cfg, key, where)
+    if found != target:
+        raise refused(where, f"{key}._target_", f"{found!r} is not ferlab's {what} ({target})")
+    try:
+        return build(**kwargs)
+    except TypeError as e:
+        raise FerlabError(f"{where}: cannot rebuild the stored {key} config: {e}") from None
 
 
 def plain_list(value: Any, key: str, where: str, kind: type | tuple[type, ...]) -> list:

@@ -16,6 +16,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -73,6 +76,23 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
         return self.stale_callback
 
 
+class HeartbeatRDBStorage(RDBStorage):
+    """Optuna's database storage, whose stale trials also include running ones that never had a heartbeat once
+    their start is older than the grace period: trials of an Optuna-2 worker (hydra-optuna-sweeper keeps no
+    heartbeats) or of a worker killed before its first beat, which Optuna would leave RUNNING for ever."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+        running = {t._trial_id: t.datetime_start for t in self.get_all_trials(study_id, False, (TrialState.RUNNING,))}
+        with _create_scoped_session(self.scoped_session) as session:
+            beating = {i for (i,) in session.query(models.TrialHeartbeatModel.trial_id)
+                       .filter(models.TrialHeartbeatModel.trial_id.in_(running))}
+        silent = [i for i, start in running.items() if i not in beating and i not in stale and start is not None
+                  and datetime.now(start.tzinfo) - start > grace]
+        return stale + silent
+
+
 def state_counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
     """Trials by state name ("complete", "pruned", ...), in the order the states first appear."""
     return dict(Counter(t.state.name.lower() for t in trials))
@@ -108,7 +128,7 @@ def absolute_url(url: str) -> str:
     return prefix + str(path.resolve()) + url[len(prefix) + len(raw):]
 
 
-def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None, retry: Any) -> RDBStorage:
+def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None, retry: Any) -> HeartbeatRDBStorage:
     """Optuna's database storage. Workers starting together on a new database race to create its tables; the
     losers see "already exists", a duplicate key or a unique constraint fail, and simply open it again."""
     engine_kwargs: dict[str, Any] = {}
@@ -116,8 +136,8 @@ def _rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | N
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for other workers' writes, do not fail
     for attempt in range(5):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+            return HeartbeatRDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                       grace_period=grace_period, heartbeat_stale_trial_callback=retry)
         except Exception as e:
             if attempt == 4 or not any(m in str(e).lower() for m in ("already exists", "duplicate", "unique constraint")):
                 raise

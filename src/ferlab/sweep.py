@@ -81,11 +81,17 @@ def record_failure(job_return: Any) -> None:
     write_failed(run_dir, error if isinstance(error, BaseException) else RuntimeError(str(error)))
 
 
-def summarize(sweep_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
-    """Write report.md into `sweep_dir`, print the table and the failures; return the number of failed jobs."""
-    from ferlab.report import build_report, find_runs, to_markdown, write_report
+def sweep_runs(sweep_dir: Path) -> list:
+    """The runs of a sweep dir (none when it was never made), read once for the summary and the stop line."""
+    from ferlab.report import find_runs
 
-    runs = find_runs([sweep_dir]) if sweep_dir.is_dir() else []
+    return find_runs([sweep_dir]) if sweep_dir.is_dir() else []
+
+
+def summarize(sweep_dir: Path, runs: list, out=sys.stdout, err=sys.stderr) -> int:
+    """Write report.md into `sweep_dir`, print the table and the failures of its `runs`; return how many failed."""
+    from ferlab.report import build_report, to_markdown, write_report
+
     if not runs:
         print(f"ferlab: sweep {sweep_dir}: no jobs ran", file=err)
         return 0
@@ -108,11 +114,9 @@ def summarize(sweep_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
     return len(failed)
 
 
-def stopped(sweep_dir: Path, err=sys.stderr) -> int:
+def stopped(sweep_dir: Path, runs: list, err=sys.stderr) -> int:
     """After `summarize`: when a signal stopped the sweep, say so in one line and return its exit status (else 0)."""
-    from ferlab.report import find_runs
-
-    stop = _stop(find_runs([sweep_dir]), sweep_dir) if sweep_dir.is_dir() else None
+    stop = _stop(runs, sweep_dir)
     if stop is None:
         return 0
     print(f"ferlab: error: {stop[0]}", file=err)
@@ -128,7 +132,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sys.stdout.flush()
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = summarize(sweep_dir)
-        code = stopped(sweep_dir)
+        runs = sweep_runs(sweep_dir)
+        failed = summarize(sweep_dir, runs)
+        code = stopped(sweep_dir, runs)
         if code or failed:
             raise SweepFailed(code or 1)

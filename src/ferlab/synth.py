@@ -10,31 +10,33 @@ from pathlib import Path
 
 from ferlab.errors import FerlabError
 
-# format -> (what `out` is, what gets written)
-FORMATS: dict[str, tuple[str, str]] = {
-    "fer2013": ("a .csv file", "Kaggle's fer2013.csv (emotion,pixels,Usage)"),
-    "icml": ("a .csv file", "icml_face_data.csv (`emotion, Usage, pixels`: headers with leading spaces)"),
-    "train_test": ("a folder", "train.csv (emotion,pixels) + test.csv (pixels only, unlabelled)"),
-    "ferplus": ("a folder", "fer2013.csv + fer2013new.csv (FER+ votes, row-aligned; some non-face rows)"),
-    "ferplus_folders": ("a folder", "FER2013Train/Valid/Test with label.csv vote files and PNGs"),
-    "fer2013_folders": ("a folder", "train/<class>/*.png and test/<class>/*.png, seven lowercase classes"),
-    "fer5": ("a folder", "report 000's train|test/{Angry,Happy,Neutral,Sad,Surprise}/*, RGB, varying size"),
-    "rafdb": ("a folder", "RAF-DB's basic/EmoLabel/list_patition_label.txt + basic/Image/{aligned,original}/"),
-    "rafdb_folders": ("a folder", "RAF-DB re-upload: DATASET/{train,test}/{1..7}/*.jpg + {train,test}_labels.csv"),
-    "affectnet": ("a folder", "AffectNet's Manually_Annotated_file_lists/{training,validation}.csv + photos with "
-                  "face boxes (validation.csv without header; ids 8-10, boxes off the edge, a negative width; "
-                  "valence/arousal, -2 where not annotated)"),
-    "affectnet2021": ("a folder", "AffectNet 2021: {train_set,val_set}/images/<n>.jpg + annotations/<n>_{exp,val,aro,"
-                      "lnd}.npy"),
-    "all": ("a folder", "every format above, one sub-folder each"),
+# formats written as one .csv file (its name inside the folder of `--format all`); the others write a folder
+FILES = {"fer2013": "fer2013.csv", "icml": "icml_face_data.csv"}
+# format -> what gets written
+FORMATS: dict[str, str] = {
+    "fer2013": "Kaggle's fer2013.csv (emotion,pixels,Usage)",
+    "icml": "icml_face_data.csv (`emotion, Usage, pixels`: headers with leading spaces)",
+    "train_test": "train.csv (emotion,pixels) + test.csv (pixels only, unlabelled)",
+    "ferplus": "fer2013.csv + fer2013new.csv (FER+ votes, row-aligned; some non-face rows)",
+    "ferplus_folders": "FER2013Train/Valid/Test with label.csv vote files and PNGs",
+    "fer2013_folders": "train/<class>/*.png and test/<class>/*.png, seven lowercase classes",
+    "fer5": "report 000's train|test/{Angry,Happy,Neutral,Sad,Surprise}/*, RGB, varying size",
+    "rafdb": "RAF-DB's basic/EmoLabel/list_patition_label.txt + basic/Image/{aligned,original}/",
+    "rafdb_folders": "RAF-DB re-upload: DATASET/{train,test}/{1..7}/*.jpg + {train,test}_labels.csv",
+    "affectnet": "AffectNet's Manually_Annotated_file_lists/{training,validation}.csv + photos with face boxes "
+                 "(validation.csv without header; ids 8-10, boxes off the edge, a negative width; "
+                 "valence/arousal, -2 where not annotated)",
+    "affectnet2021": "AffectNet 2021: {train_set,val_set}/images/<n>.jpg + annotations/<n>_{exp,val,aro,lnd}.npy",
+    "all": "every format above, one sub-folder each",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    formats = "\n".join(f"  {k:<16} {what} (out: {out})" for k, (out, what) in FORMATS.items())
+    formats = "\n".join(f"  {k:<16} {what} (out: {'a .csv file' if k in FILES else 'a folder'})"
+                        for k, what in FORMATS.items())
     p = argparse.ArgumentParser(prog="ferlab synth", description=__doc__.split(": ", 1)[1],
                                 epilog=f"formats:\n{formats}", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="output .csv file (fer2013, icml) or folder (other formats)")
+    p.add_argument("out", type=Path, help=f"output .csv file ({', '.join(FILES)}) or folder (other formats)")
     p.add_argument("--format", choices=list(FORMATS), default="fer2013", help="dataset layout (default fer2013)")
     p.add_argument("--num-images", type=int, default=10000, help="faces to render (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
@@ -122,8 +124,8 @@ def run_synth(args: argparse.Namespace) -> Path:
     names = [f for f in FORMATS if f != "all"] if args.format == "all" else [args.format]
     for name in names:
         out = args.out / name if args.format == "all" else args.out
-        if args.format == "all" and name in ("fer2013", "icml"):
-            out = out / ("fer2013.csv" if name == "fer2013" else "icml_face_data.csv")
+        if args.format == "all" and name in FILES:
+            out = out / FILES[name]
         writers[name](out, args)
     return args.out
 

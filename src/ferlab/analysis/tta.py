@@ -89,14 +89,8 @@ TARGET = f"{TestTimeAugment.__module__}.{TestTimeAugment.__qualname__}"
 def stored_tta(config: Any, where: str) -> TestTimeAugment:
     """The test-time augmentation a checkpoint's run was tested with (its stored `tta`, none when it has none).
     A stored config is data: only ferlab's TestTimeAugment with plain values is built from it."""
-    from ferlab.stored import refused, target_and_kwargs
+    from ferlab.stored import build_stored
 
     if not config:
         return TestTimeAugment("none")
-    target, kwargs = target_and_kwargs(config, "tta", where)
-    if target != TARGET:
-        raise refused(where, "tta._target_", f"{target!r} is not ferlab's test-time augmentation ({TARGET})")
-    try:
-        return TestTimeAugment(**kwargs)
-    except TypeError as e:
-        raise FerlabError(f"{where}: cannot rebuild the stored tta config: {e}") from None
+    return build_stored(TestTimeAugment, TARGET, config, "tta", where, "test-time augmentation")

@@ -71,16 +71,14 @@ class BatchAugment(nn.Module):
 
 def random_crop(x: Tensor, size: int) -> Tensor:
     """(B, C, H, W) -> (B, C, size, size): each image its own random window (one gather for the batch)."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     if size > min(h, w):
         raise FerlabError(f"augment.crop={size} does not fit the model's {h}x{w} input (data.image_size)")
     if size == h == w:
         return x
     dy = torch.randint(0, h - size + 1, (b,), device=x.device)
     dx = torch.randint(0, w - size + 1, (b,), device=x.device)
-    start = (dy * w + dx).view(b, 1)  # flat index of each window's top-left pixel
-    index = (start + _window(size, size, w, x.device)).view(b, 1, size * size).expand(b, c, size * size)
-    return x.flatten(2).gather(2, index).view(b, c, size, size)
+    return _crop_windows(x, dy, dx, size, size)
 
 
 class RandomHorizontalFlip(nn.Module):
@@ -131,15 +129,21 @@ class RandomPadCrop(nn.Module):
         self.padding, self.p = padding, p
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        pad, wp = self.padding, w + 2 * self.padding
+        b, _, h, w = x.shape
+        pad = self.padding
         xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), zeros around
         offset = torch.randint(0, 2 * pad + 1, (2, b), device=x.device)  # (dy, dx) per image
         if self.p < 1:  # images left alone take the centre window: the image itself
             offset = torch.where(_chance(b, self.p, x).view(b), offset, pad)
-        start = (offset[0] * wp + offset[1]).view(b, 1)  # flat index of each window's top-left pixel
-        index = (start + _window(h, w, wp, x.device)).view(b, 1, h * w).expand(b, c, h * w)  # (B, C, H*W)
-        return xp.flatten(2).gather(2, index).view(b, c, h, w)  # one gather: each image its own window
+        return _crop_windows(xp, offset[0], offset[1], h, w)
+
+
+def _crop_windows(x: Tensor, dy: Tensor, dx: Tensor, h: int, w: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, h, w): image i's window at top-left (dy[i], dx[i]), one gather for the batch."""
+    b, c, _, row = x.shape
+    start = (dy * row + dx).view(b, 1)  # flat index of each window's top-left pixel
+    index = (start + _window(h, w, row, x.device)).view(b, 1, h * w).expand(b, c, h * w)  # (B, C, h*w)
+    return x.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 @functools.lru_cache(maxsize=8)

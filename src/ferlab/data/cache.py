@@ -27,6 +27,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -238,7 +239,8 @@ def _locked(path: Path) -> Iterator[None]:
     except ImportError:  # Windows
         yield
         return
-    with open(path, "a+b") as f:
+    created = not path.exists()
+    with _lock_file(path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -246,7 +248,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX)
         except OSError:  # a filesystem without locks: build unlocked, publishing is still atomic
             pass
-        yield
+        try:
+            yield
+        except BaseException:  # a failed build (a full disk) leaves no empty lock file; a waiting run builds alone
+            if created:
+                path.unlink(missing_ok=True)
+            raise
+
+
+def _lock_file(path: Path) -> BinaryIO:
+    """`path` opened for locking (created if missing); a full disk is the one-line disk-full error."""
+    try:
+        return open(path, "a+b")
+    except OSError as e:
+        from ferlab.data.io import disk_full
+        from ferlab.errors import DiskFull
+
+        if disk_full(e, path.parent):
+            raise DiskFull(f"no space left on device creating the cache lock {path}") from None
+        raise
 
 
 def _remove_legacy(source: Source, folder: Path, files: list[Path]) -> None:

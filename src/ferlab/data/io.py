@@ -23,7 +23,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f}" if n < 10e6 else f"{n / 1e6:.0f}"
 
 
-def _disk_full(error: BaseException, directory: Path, needed: int) -> bool:
+def disk_full(error: BaseException, directory: Path, needed: int = 0) -> bool:
     """Whether `error` (or one it arose from) means the filesystem is full. torch's writer reports a full disk as
     a RuntimeError ("file write failed", "unexpected pos"), so for those the free space decides."""
     seen = error
@@ -65,7 +65,7 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         needed = max(size or 0, written, path.stat().st_size if path.exists() else 0)  # the previous version's size
-        if isinstance(e, Exception) and not isinstance(e, DiskFull) and _disk_full(e, path.parent, needed):
+        if isinstance(e, Exception) and not isinstance(e, DiskFull) and disk_full(e, path.parent, needed):
             raise _full_error(path, needed, free) from None
         raise
 

@@ -7,7 +7,6 @@ built (`check_stored_data`), so `restore` can vet a checkpoint's data before pre
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ferlab.errors import DataNotFound, FerlabError
@@ -65,10 +64,8 @@ def build_stored_datamodule(data: Any, where: str, *, cache_dir: str | None, **k
     except TypeError as e:  # an argument this version's reader or datamodule does not take
         raise FerlabError(f"{where}: cannot rebuild the stored data config ({target}): {e}") from None
     try:
-        missing = [str(f) for f in source.files() if not Path(f).exists()]
+        source.files()  # a reader lists only files it found, or raises DataNotFound: no second stat of each here
     except DataNotFound as e:
-        missing = [str(e)]
-    if missing:
-        raise DataNotFound(f"{where}: the data it was trained on is not on this machine ({missing[0]}); "
-                           "pass data=<option> with its files (e.g. data=synthetic renders synthetic faces)")
+        raise DataNotFound(f"{where}: the data it was trained on is not on this machine ({e}); "
+                           "pass data=<option> with its files (e.g. data=synthetic renders synthetic faces)") from None
     return datamodule

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlab.data.io import current_umask
-from ferlab.errors import FerlabError
+from ferlab.errors import DiskFull
 
 DIGEST_BYTES = 16
 COPY_BYTES = 16 << 20  # rows moved or hashed per step of a chunked pass over a staged file
@@ -125,8 +125,8 @@ def stage(shape: tuple[int, ...]) -> Staged:
     need = int(np.prod(shape)) + 4096
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise FerlabError(f"{folder}: no space for the decoded images ({need / 1e9:.2f} GB needed, {free / 1e9:.2f} GB "
-                          "free); free some space or point paths.cache_dir elsewhere")
+        raise DiskFull(f"{folder}: no space for the decoded images ({need / 1e9:.2f} GB needed, {free / 1e9:.2f} GB "
+                       "free); free some space or point paths.cache_dir elsewhere")
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=folder)
     name = os.path.abspath(name)
     header = npy_header(shape)

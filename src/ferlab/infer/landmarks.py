@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.sources.affectnet import LISTS, SETS_2021, _columns, _npy_value, expression_id
+from ferlab.data.sources.affectnet import LISTS, SETS_2021, _npy_value, expression_id, list_rows
 from ferlab.data.sources.rafdb import LABEL_FILE, parse_partition
 from ferlab.errors import FerlabError
 from ferlab.infer.prepare import Item
@@ -77,32 +77,21 @@ def rafdb_items(root: Path) -> list[Item]:
 
 
 def _affectnet_release(root: Path) -> list[Item]:
-    import csv
-
     images = next((root / d for d in ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images")
                    if (root / d).is_dir()), root / "Manually_Annotated_Images")
     items = []
     for list_name, split in LISTS.items():
         path = root / "Manually_Annotated_file_lists" / list_name
-        with path.open("r", encoding="utf-8-sig", newline="") as f:
-            reader, index = csv.reader(f), None
-            for fields in reader:
-                where = f"{path}:{reader.line_num}"
-                if not any(s.strip() for s in fields):
-                    continue
-                if index is None:
-                    index = _columns(fields, where)
-                    if "facial_landmarks" not in index:
-                        raise FerlabError(f"{where}: no facial_landmarks column; found {[s.strip() for s in fields]}")
-                    if "expression" in (s.strip() for s in fields):
-                        continue
-                expression = expression_id(fields[index["expression"]], where)
-                if expression >= len(AFFECTNET):  # none / uncertain / non-face: not a class
-                    continue
-                sub = fields[index["subDirectory_filePath"]].strip()
-                marks = parse_68(fields[index["facial_landmarks"]].split(";"), f"{where} (facial_landmarks)")
-                out = Path(split) / AFFECTNET[expression] / sub.replace("/", "_")
-                items.append(Item(images / sub, out, five_from_68(marks), where))
+        for fields, index, where in list_rows(path):
+            if "facial_landmarks" not in index:
+                raise FerlabError(f"{path}: no facial_landmarks column; found {[c for c in index if c != 'fields']}")
+            expression = expression_id(fields[index["expression"]], where)
+            if expression >= len(AFFECTNET):  # none / uncertain / non-face: not a class
+                continue
+            sub = fields[index["subDirectory_filePath"]].strip()
+            marks = parse_68(fields[index["facial_landmarks"]].split(";"), f"{where} (facial_landmarks)")
+            out = Path(split) / AFFECTNET[expression] / sub.replace("/", "_")
+            items.append(Item(images / sub, out, five_from_68(marks), where))
     return items
 
 

@@ -49,7 +49,7 @@ from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedExc
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ferlab.data.io import remove_temporaries
-from ferlab.errors import FerlabError, Interrupted, Preempted
+from ferlab.errors import FerlabError, Interrupted, Preempted, resume_message
 from ferlab.lit.ckpt_file import load_checkpoint
 from ferlab.lit.preemption import SIGNALS, TWICE, preempted
 from ferlab.lit.resilience import last_checkpoint
@@ -195,8 +195,8 @@ def _stopped_message(trainer: pl.Trainer | None, signum: int, e: ProcessExitedEx
     head = f"{name} (rank {e.error_index} exited with {e.exit_code})"
     last = last_checkpoint(trainer) if trainer is not None else None
     if last is None or not last.is_file():
-        return f"{head}; no checkpoint saved"
-    return f"{head}{_saved_at(last)}; checkpoint saved to {last}; resume with ckpt_path={trainer.default_root_dir}"
+        return resume_message(head, None)
+    return resume_message(f"{head}{_saved_at(last)}", trainer.default_root_dir, last)
 
 
 def _saved_at(path: Path) -> str:

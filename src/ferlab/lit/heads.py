@@ -99,18 +99,17 @@ def classes_head(num_classes: int) -> Head:
 def stored_head(config: Any, num_classes: int, where: str) -> Head:
     """The head a stored run config (or exported metadata) describes, built from plain values only; a config
     without one is a plain classifier of `num_classes`."""
-    from ferlab.stored import refused, target_and_kwargs
+    from ferlab.stored import build_stored
 
     if not config:
         return classes_head(num_classes)
     if isinstance(config, dict) and "_target_" not in config:  # exported metadata: Head.describe()
         config = {"_target_": TARGET, **{k: config[k] for k in ("kind", "num_classes", "va_activation") if k in config}}
-    target, kwargs = target_and_kwargs(config, "head", where)
-    if target != TARGET:
-        raise refused(where, "head._target_", f"{target!r} is not ferlab's output head ({TARGET})")
-    try:
-        return Head(**kwargs)
-    except TypeError as e:
-        raise FerlabError(f"{where}: cannot rebuild the stored head config: {e}") from None
-    except FerlabError as e:
-        raise FerlabError(f"{where}: {e}") from None
+
+    def head(**kwargs: Any) -> Head:  # Head's own checks name the key; the stored config's place goes first
+        try:
+            return Head(**kwargs)
+        except FerlabError as e:
+            raise FerlabError(f"{where}: {e}") from None
+
+    return build_stored(head, TARGET, config, "head", where, "output head")

@@ -40,7 +40,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ferlab.errors import Interrupted, Preempted
+from ferlab.errors import Interrupted, Preempted, resume_message
 from ferlab.lit.fit_audit import unsafe_state
 from ferlab.lit.resilience import LastCheckpoint, last_checkpoint
 
@@ -155,11 +155,9 @@ def stop_message(signum: int, trainer: pl.Trainer, saved: Path | None = None) ->
     head = f"interrupted {where}" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name} {where}"
     last = saved or last_checkpoint(trainer)
     if last is None or not last.is_file():
-        return f"{head}; no checkpoint saved yet, nothing to resume"
-    resume = f"resume with ckpt_path={trainer.default_root_dir}"
-    if saved and signum != signal.SIGINT:  # pre-emption logs are read later: say which file holds the state
-        return f"{head}; checkpoint saved to {saved}; {resume}"
-    return f"{head}; {resume}"
+        return resume_message(head, None)
+    # pre-emption logs are read later: say which file holds the state
+    return resume_message(head, trainer.default_root_dir, saved if signum != signal.SIGINT else None)
 
 
 def preempted(trainer: pl.Trainer, signum: int | None = None) -> Preempted:

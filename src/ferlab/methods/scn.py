@@ -42,13 +42,9 @@ class SCNNet(MethodNet):
         super().__init__(require_fernet(body, "scn"))
         self.alpha = nn.Sequential(nn.Linear(body.num_features, 1), nn.Sigmoid())
 
-    @property
-    def num_classes(self) -> int:
-        return self.body.num_classes
-
-    @property
-    def drop_rate(self) -> float:
-        return self.body.drop_rate
+    # the body's head and dropout are SCN's (see `weighted`)
+    num_classes = property(lambda self: self.body.num_classes)
+    drop_rate = property(lambda self: self.body.drop_rate)
 
     def forward_features(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_features)
         return self.body.forward_features(x)

@@ -350,6 +350,6 @@ def local_only(loggers: list[Any], run_dir: Path) -> list[Any]:
     kept = [lg for lg in loggers if lg is not None]
     if kept or len(kept) == len(loggers):
         return kept
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from ferlab.trackers.tensorboard_run import TensorBoardLogger
 
     return [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)]

@@ -85,6 +85,19 @@ def _samplers(sweeper: Any, space: dict[str, BaseDistribution]) -> tuple[Callabl
     return build, (math.prod(len(v) for v in grid.values()) if grid is not None else None)
 
 
+def _continued(trial: Trial) -> Path | None:
+    """The run dir a retried trial continues: its original's, when a stop (Ctrl-C, a signal, a lost worker) left a
+    last.ckpt there. Optuna gives a retry a new number; its run goes on in the same dir from the saved step."""
+    from ferlab.runfiles import LAST
+
+    origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")  # set by Optuna's retry
+    run = (trial.user_attrs.get(RUN_ATTR) or {}).get("dir")  # the original's, copied into its retry
+    if origin is None or not run or not (Path(run) / LAST).is_file():
+        return None
+    log.info("trial %d continues trial %d from %s", trial.number, origin, Path(run) / LAST)
+    return Path(run)
+
+
 def _suggest(trial: Trial, name: str, dist: BaseDistribution) -> None:
     if isinstance(dist, CategoricalDistribution):
         trial.suggest_categorical(name, dist.choices)
@@ -161,13 +174,14 @@ def _launch(launcher: Any, trials: list[Trial], overrides: list[list[str]]) -> l
     return returns
 
 
-def _run_info(ret: JobReturn) -> dict[str, Any]:
-    """What the study keeps about a trial's run: dir, host, headline metrics (metrics.json) or error."""
+def _run_info(ret: JobReturn, recorded: dict | None = None) -> dict[str, Any]:
+    """What the study keeps about a trial's run: dir (the one `_configure` recorded, else the job's), host,
+    headline metrics (metrics.json) or error."""
     from ferlab.runfiles import headline_metrics, read_metrics
 
     info: dict[str, Any] = {"host": socket.gethostname()}
-    if ret.hydra_cfg is not None:
-        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+    if ret.hydra_cfg is not None or (recorded or {}).get("dir"):
+        run_dir = Path((recorded or {}).get("dir") or ret.hydra_cfg.hydra.runtime.output_dir)
         info["dir"] = str(run_dir)
         if (run_dir / "metrics.json").is_file():
             data = read_metrics(run_dir)
@@ -207,7 +221,7 @@ def _record(study: optuna.Study, trial: Trial, info: dict, **outcome: Any) -> No
 
 def _tell(study: optuna.Study, trial: Trial, ret: JobReturn, n_objectives: int) -> None:
     """Record one trial's outcome: complete, pruned, or failed (then also written as failed.json), never raised."""
-    info = _run_info(ret)
+    info = _run_info(ret, trial.user_attrs.get(RUN_ATTR))
     if ret.status != JobStatus.FAILED and isinstance(ret.return_value, Pruned):
         _record(study, trial, info, state=TrialState.PRUNED)
         return
@@ -285,22 +299,32 @@ class _Search:
 
     def _ask(self) -> Trial:
         """The next trial (a queued retry first), its sampler seeded for its number (the next number guessed
-        before `ask` for the sampler's `before_trial`, e.g. GridSampler's pick, then set to the one it got)."""
-        self.study.sampler = self.sampler_for(len(self.study.get_trials(deepcopy=False)))
+        before `ask` for the sampler's `before_trial`, e.g. GridSampler's pick; built again only when another worker's
+        trial took that number)."""
+        guess = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = self.sampler_for(guess)
         with warnings.catch_warnings():  # Optuna expects heartbeats from study.optimize; this loop keeps them
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             trial = self.study.ask()
         if self.storage.get_heartbeat_interval():
             self.storage.record_heartbeat(trial._trial_id)  # at once, as Optuna's loop does: a trial that never
             # had a heartbeat is never failed as stale, so a worker killed before its first beat would strand it
-        self.study.sampler = self.sampler_for(trial.number)
+        if trial.number != guess:
+            self.study.sampler = self.sampler_for(trial.number)
         return trial
 
     def _configure(self, trial: Trial) -> list[str]:
+        """The trial's job overrides; its run dir is recorded at once, so that a retry (which copies the trial's
+        attributes) knows the run to continue when this one is stopped."""
         for name, dist in self.space.items():
             _suggest(trial, name, dist)
         overrides = trial_overrides(trial, self.fixed, self.extend, self.sweeper.config)
-        return [*overrides, *self.job_overrides, f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+        continued = _continued(trial)
+        resume = [f"ckpt_path={_quoted(str(continued))}"] if continued else []
+        overrides = [*overrides, *resume, *self.job_overrides, f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+        run = continued or self.sweeper._job_dir(overrides, trial.number)
+        trial.set_user_attr(RUN_ATTR, {"dir": str(run), "host": socket.gethostname()})
+        return overrides
 
     def run(self) -> None:
         counted, states = _counted(self.study)

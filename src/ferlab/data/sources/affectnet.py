@@ -18,6 +18,7 @@ the test split (the test set proper is not public); validation is carved from tr
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,21 @@ def read_list(path: Path) -> list[Row]:
     The header line is detected (a first row naming the `expression` column), not assumed; without it the
     columns are taken in the release's order.
     """
-    rows, index = [], None
+    rows = []
+    for fields, index, where in list_rows(path):
+        if len(fields) != index["fields"]:
+            raise FerlabError(f"{where}: expected {index['fields']} fields, found {len(fields)}")
+        box = tuple(round(_number(fields[index[c]], c, where)) for c in BOX)
+        va = tuple(va_value(fields[index[c]], c, where) if c in index else float("nan") for c in VA)
+        rows.append((fields[index[COLUMNS[0]]].strip(), box, expression_id(fields[index["expression"]], where),
+                     va, where))
+    return rows
+
+
+def list_rows(path: Path) -> Iterator[tuple[list[str], dict[str, int], str]]:
+    """(fields, column positions, `file:line`) of each data row of an AffectNet CSV list: blank lines and the
+    header (detected from its `expression` column, not assumed) left out."""
+    index = None
     with path.open("r", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         for fields in reader:
@@ -100,13 +115,7 @@ def read_list(path: Path) -> list[Row]:
                 index = _columns(fields, where)
                 if "expression" in (s.strip() for s in fields):
                     continue
-            if len(fields) != index["fields"]:
-                raise FerlabError(f"{where}: expected {index['fields']} fields, found {len(fields)}")
-            box = tuple(round(_number(fields[index[c]], c, where)) for c in BOX)
-            va = tuple(va_value(fields[index[c]], c, where) if c in index else float("nan") for c in VA)
-            rows.append((fields[index[COLUMNS[0]]].strip(), box, expression_id(fields[index["expression"]], where),
-                         va, where))
-    return rows
+            yield fields, index, where
 
 
 def _columns(first: list[str], where: str) -> dict[str, int]:

@@ -91,7 +91,8 @@ class Source(Protocol):
     """
 
     def files(self) -> list[Path]:
-        """The user files this source reads (their size and mtime key the cache)."""
+        """The user files this source reads, each found on disk (DataNotFound names a missing one); their size and
+        mtime key the cache."""
 
     def settings(self) -> dict:
         """Decode settings that change the result (also part of the cache key)."""
