@@ -12,8 +12,8 @@ from ferlab.data.sources.ferplus import FerPlus
 from ferlab.data.sources.folders import ImageFolders
 from ferlab.data.sources.rafdb import RafDb
 from ferlab.labels import FER5, FER2013
-from ferlab.synth import FORMATS
-from ferlab.synth import main as synth
+from ferlab.tasks.synth import FORMATS
+from ferlab.tasks.synth import main as synth
 from tests.conftest import run_cli
 
 

@@ -24,12 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.fit_audit import IncompleteFit
+from ferlab.checkpoints.preemption import TWICE
+from ferlab.config.runner import guarded
 from ferlab.errors import FerlabError, Interrupted, Preempted
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.fit_audit import IncompleteFit
-from ferlab.lit.preemption import TWICE
-from ferlab.runner import guarded
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 from tests.conftest import compose_cfg
 
 # 128 training images in batches of 32: 4 steps per epoch; validation and test: 2 batches of 8 each. Dropout and

@@ -173,8 +173,8 @@ def test_va_is_cached_and_batched_only_when_asked(release, tmp_path):
 
 
 def test_va_head_on_data_without_va_is_one_line(make_cfg, capsys):
-    from ferlab.runner import guarded
-    from ferlab.train import run_train
+    from ferlab.config.runner import guarded
+    from ferlab.tasks.train import run_train
 
     cfg = make_cfg("head=expr_va")  # the default synthetic FER2013 data has no valence/arousal
     with pytest.raises(SystemExit):

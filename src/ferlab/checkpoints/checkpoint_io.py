@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ferlab.data.io import atomic_write
-from ferlab.lit.ckpt_file import load_checkpoint
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.runs.io import atomic_write
 
 
 def tensor_bytes(obj: Any) -> int:

@@ -48,13 +48,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ferlab.data.io import remove_temporaries
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.preemption import SIGNALS, TWICE, preempted
+from ferlab.checkpoints.resilience import last_checkpoint
 from ferlab.errors import FerlabError, Interrupted, Preempted
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.preemption import SIGNALS, TWICE, preempted
-from ferlab.lit.resilience import last_checkpoint
 from ferlab.lit.summary import quiet_lightning
 from ferlab.lit.user_errors import as_user_error, one_line
+from ferlab.runs.io import remove_temporaries
 
 POLL_S = 0.2  # how often the main process looks for a worker that failed
 

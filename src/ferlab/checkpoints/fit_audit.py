@@ -3,7 +3,7 @@
 `unsafe_state` reads the loop counters Lightning keeps in a checkpoint (`checkpoint["loops"]["fit_loop"]`). ferlab
 saves only at two kinds of points, both of which Lightning's restart continues exactly: the end of an epoch, and
 the end of a training batch that stepped the optimizer, is not the epoch's last and is not followed by a
-validation (`ferlab.lit.preemption`). An earlier ferlab also saved in the middle of a validation, or between the
+validation (`ferlab.checkpoints.preemption`). An earlier ferlab also saved in the middle of a validation, or between the
 micro-batches of one optimizer step; Lightning resumes those as if the validation (or the accumulated gradients)
 were done, silently losing work. Such a checkpoint is refused with one line.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ferlab.errors import FerlabError
-from ferlab.runfiles import LAST
+from ferlab.runs.runfiles import LAST
 from ferlab.weights import is_builtin, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def init_weights(net, path: Path):
     """Copy the network weights of the ferlab checkpoint `path` into `net` (a zoo net: a training method wraps it
     afterwards); returns the LoadReport. From a run whose method wrapped its net (SCN, DAN) only the zoo net's
     weights (`body.*`) are taken: the method's own modules are that run's, rebuilt by this run's method."""
-    from ferlab.lit.ckpt_file import load_checkpoint, net_weights
+    from ferlab.checkpoints.ckpt_file import load_checkpoint, net_weights
     from ferlab.models.pretrained import load_weights
 
     checkpoint = load_checkpoint(path)  # weights_only; a missing or truncated file is one line

@@ -40,9 +40,9 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ferlab.checkpoints.fit_audit import unsafe_state
+from ferlab.checkpoints.resilience import LastCheckpoint, last_checkpoint
 from ferlab.errors import Interrupted, Preempted
-from ferlab.lit.fit_audit import unsafe_state
-from ferlab.lit.resilience import LastCheckpoint, last_checkpoint
 
 __all__ = ["SIGNALS", "Interrupted", "Preempted", "Preemption", "preempted", "stoppable"]
 

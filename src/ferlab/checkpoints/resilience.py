@@ -2,7 +2,7 @@
 metric states for a resume in the middle of an epoch, a last.ckpt written at every epoch end, and a guard that stops
 on a non-finite loss before it reaches the weights.
 
-`callbacks()` is what `ferlab train` adds to every run (with `ferlab.lit.preemption.Preemption`, which saves
+`callbacks()` is what `ferlab train` adds to every run (with `ferlab.checkpoints.preemption.Preemption`, which saves
 through `LastCheckpoint` when a signal stops the run).
 """
 
@@ -20,10 +20,10 @@ from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from torch import Tensor
 from torchmetrics import Metric
 
-from ferlab.data.io import remove_temporaries
+from ferlab.checkpoints.fit_audit import FitAudit
 from ferlab.errors import FerlabError
-from ferlab.lit.fit_audit import FitAudit
-from ferlab.runfiles import LAST_NAME
+from ferlab.runs.io import remove_temporaries
+from ferlab.runs.runfiles import LAST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class NanGuard(Callback):
 
 def callbacks(configured: list[Callback]) -> list[Callback]:
     """The reliability callbacks every `ferlab train` run gets next to the `configured` ones (and `Preemption`);
-    `FitAudit` fails a fit that ends short of its limits (`ferlab.lit.fit_audit`).
+    `FitAudit` fails a fit that ends short of its limits (`ferlab.checkpoints.fit_audit`).
 
     LastCheckpoint only joins when a configured ModelCheckpoint asks for a last checkpoint (`callbacks=none`
     keeps no checkpoints at all, and a Checkpoint callback alone would pose as the trainer's checkpoint_callback).

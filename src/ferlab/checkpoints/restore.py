@@ -1,7 +1,7 @@
 """Rebuild a trained network from a checkpoint alone: the run config stored in it says how.
 
 Used by eval, explain, predict, demo and export, so none of them needs the model overrides repeated.
-Loading is weights-only, and the stored config is data (`ferlab.stored`): the network comes from a builder
+Loading is weights-only, and the stored config is data (`ferlab.runs.stored`): the network comes from a builder
 in ferlab's model registry called with plain keyword values, never from `instantiate` on what the file says.
 A user's own model class is named by the user (`+model._target_=...`, trusted like any config), never by the
 checkpoint alone. A file that is missing, truncated, foreign, hostile, or whose weights do not fit the rebuilt
@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ferlab.checkpoints.ckpt_file import load_checkpoint, net_weights
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
 from ferlab.infer.preprocessing import check_record
-from ferlab.lit.ckpt_file import load_checkpoint, net_weights
 from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.lit.user_errors import error_line
 from ferlab.models.registry import builder_for_target
-from ferlab.stored import plain_list, refused, target_and_kwargs
+from ferlab.runs.stored import plain_list, refused, target_and_kwargs
 from ferlab.weights import resolve_checkpoint
 
 

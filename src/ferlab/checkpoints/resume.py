@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from ferlab.errors import FerlabError
-from ferlab.runfiles import LAST
+from ferlab.runs.runfiles import LAST
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def _model_defaults(stored: dict) -> dict | None:
     """The stored model family's conf/model/<name>.yaml as plain data (None when there is no such file)."""
     import yaml
 
-    from ferlab.lit.mismatch import model_name
-    from ferlab.searchpath import conf_root
+    from ferlab.checkpoints.mismatch import model_name
+    from ferlab.config.searchpath import conf_root
 
     path = conf_root() / "model" / f"{model_name(stored)}.yaml"
     return yaml.safe_load(path.read_text()) if path.is_file() else None
@@ -113,8 +113,8 @@ def check_fits(ckpt: str, model: Any, config: dict) -> None:
     """Before Lightning loads `ckpt` into `model` (a LightningModule): one line naming the checkpoint's model and
     data and this run's when its weights do not fit, or why its training state cannot be continued exactly
     (`check_resumable`). Tensors are memory-mapped, so the check reads little."""
-    from ferlab.lit.ckpt_file import load_checkpoint
-    from ferlab.lit.mismatch import describe_mismatch
+    from ferlab.checkpoints.ckpt_file import load_checkpoint
+    from ferlab.checkpoints.mismatch import describe_mismatch
 
     saved = load_checkpoint(ckpt, mmap=True)
     problem = _first_difference(saved.get("state_dict") or {}, model.state_dict())
@@ -129,8 +129,8 @@ def check_fits(ckpt: str, model: Any, config: dict) -> None:
 
 def check_resumable(saved: dict, ckpt: str, config: dict) -> None:
     """One line when `saved` (a loaded checkpoint) was written where Lightning cannot continue exactly: an earlier
-    ferlab stopped in the middle of a validation or between micro-batches (`ferlab.lit.fit_audit.unsafe_state`)."""
-    from ferlab.lit.fit_audit import unsafe_state
+    ferlab stopped in the middle of a validation or between micro-batches (`ferlab.checkpoints.fit_audit.unsafe_state`)."""
+    from ferlab.checkpoints.fit_audit import unsafe_state
 
     stored = (saved.get("hyper_parameters") or {}).get("config")
     trainer_cfg = (stored if isinstance(stored, dict) else config).get("trainer") or {}

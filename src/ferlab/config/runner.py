@@ -18,8 +18,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ferlab import labels
+from ferlab.config.searchpath import conf_root, user_searchpath_overrides, with_user_configs
 from ferlab.errors import DiskFull, FerlabError, Interrupted, Preempted
-from ferlab.searchpath import conf_root, user_searchpath_overrides, with_user_configs
 from ferlab.weights import resolve_checkpoint
 
 CONF_DIR = str(conf_root())  # ferlab's own configs, inside the package; user folders come after (searchpath.py)
@@ -49,8 +49,8 @@ def _head_outputs(kind: str, num_classes: int) -> int:
 
 
 def _tb_run() -> str:
-    """A sweep job's TensorBoard run name (ferlab.tbname); "" in a single run."""
-    from ferlab.tbname import sweep_run_name
+    """A sweep job's TensorBoard run name (ferlab.search.tbname); "" in a single run."""
+    from ferlab.search.tbname import sweep_run_name
 
     return sweep_run_name()
 
@@ -154,7 +154,7 @@ def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:
     from ferlab.lit.user_errors import as_user_error
 
     if isinstance(e, KeyboardInterrupt):
-        from ferlab.runfiles import LAST
+        from ferlab.runs.runfiles import LAST
 
         out = _job_dir(cfg)
         resumable = out is not None and (out / LAST).is_file()
@@ -166,7 +166,7 @@ def _as_reported(e: BaseException, cfg: DictConfig) -> BaseException:
 
 def _record(cfg: DictConfig, e: BaseException) -> None:
     """failed.json in the job's dir (rank 0 only); skipped silently when it cannot be written (a full disk)."""
-    from ferlab.runfiles import write_failed
+    from ferlab.runs.runfiles import write_failed
 
     out = _job_dir(cfg)
     if out is not None and _rank_zero():

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ferlab.data import store
-from ferlab.data.io import atomic_write
 from ferlab.data.sources.base import FERData, Source
+from ferlab.runs.io import atomic_write
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3

@@ -19,7 +19,7 @@ from ferlab.lit.heads import Head
 from ferlab.lit.multitask import MultiTask
 from ferlab.methods.base import Method, MethodNet
 from ferlab.methods.plain import Plain
-from ferlab.version import version_info
+from ferlab.runs.version import version_info
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -82,7 +82,7 @@ class Classifier(pl.LightningModule):
         self.tta = tta if tta is not None and tta.mode != "none" else None
         self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
         # a torchmetrics mean rather than Lightning's own epoch mean: its partial state is saved with a checkpoint
-        # written mid-epoch (ferlab.lit.resilience.EpochState), so a resumed epoch averages all its batches
+        # written mid-epoch (ferlab.checkpoints.resilience.EpochState), so a resumed epoch averages all its batches
         self.train_loss = MeanMetric()
         self.val_metrics = _metrics(num_classes, "val")
         self.test_prefixes = list(test_prefixes)

@@ -8,10 +8,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ferlab.data.io import atomic_write_text
 from ferlab.errors import Interrupted, Preempted
+from ferlab.runs.io import atomic_write_text
 
-LAST_NAME = "last.ckpt"  # written by ferlab.lit.resilience.LastCheckpoint into the run's checkpoint dir
+LAST_NAME = "last.ckpt"  # written by ferlab.checkpoints.resilience.LastCheckpoint into the run's checkpoint dir
 LAST = Path("checkpoints") / LAST_NAME  # relative to a run dir: what ckpt_path=<run dir>|last|auto resume from
 NOT_STARTED = "NotStarted"  # failed.json type of a sweep job the sweeper never started
 STOPPED = (Preempted.__name__, Interrupted.__name__, NOT_STARTED)  # failed.json types of runs that continue with ckpt_path=auto

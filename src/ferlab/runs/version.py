@@ -24,7 +24,7 @@ def _git(checkout: Path, *args: str) -> str | None:
 
 def _checkout() -> Path | None:
     """The repository this package is imported from (src/ferlab inside it), or None for an installed copy."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # src/ferlab (this file is src/ferlab/runs/version.py)
     root = package.parents[1]
     return root if package.parent.name == "src" and (root / ".git").exists() and (root / "pyproject.toml").is_file() else None
 

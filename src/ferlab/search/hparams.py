@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ferlab.runfiles import headline_metrics
+from ferlab.runs.runfiles import headline_metrics
 
 GROUPS = ("data", "model", "augment", "optim", "sched", "loss", "trainer", "experiment")
 RECIPE = ("seed", "optim.lr", "optim.weight_decay", "data.batch_size", "data.image_size", "data.sampler",

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from ferlab.errors import FerlabError
-from ferlab.trial import TRIAL_ENV
+from ferlab.search.trial import TRIAL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class OptunaPruning(Callback):
         if self._trial is None:
             from optuna.trial import Trial
 
-            from ferlab.study import load_study, make_pruner
+            from ferlab.search.study import load_study, make_pruner
 
             study = load_study(self.storage, self.study_name, make_pruner(self.pruner))
             frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == self.number)
@@ -69,7 +69,7 @@ class OptunaPruning(Callback):
         return self.pruned is not None
 
     def state_dict(self) -> dict[str, Any]:
-        # carried back from spawned DDP processes with the other callbacks' states (ferlab.lit.ddp)
+        # carried back from spawned DDP processes with the other callbacks' states (ferlab.checkpoints.ddp)
         return {"pruned": self.pruned}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -87,7 +87,7 @@ def trial_callbacks(monitor: str | None) -> list[Callback]:
     pruner = sweeper.get("pruner")
     from optuna.pruners import NopPruner
 
-    from ferlab.study import make_pruner
+    from ferlab.search.study import make_pruner
 
     if isinstance(make_pruner(pruner), NopPruner):  # the sweeper's rule: nothing to report to, no metric per epoch
         return []

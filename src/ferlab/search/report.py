@@ -5,7 +5,7 @@ differ between runs become columns; runs that differ only in `seed` form one row
 standard deviation, n - 1) and n. Validation metrics are those of the best epoch (the checkpoint that was
 tested); test metrics are the test run of that checkpoint. Failed runs (`failed.json`) are listed with their
 error, runs an Optuna pruner stopped as pruned. `--study STORAGE NAME` tables an Optuna study instead (all its
-workers' trials; `ferlab.study_report`). Light on purpose: no torch import.
+workers' trials; `ferlab.search.study_report`). Light on purpose: no torch import.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.errors import FerlabError
-from ferlab.runfiles import STOPPED, headline_metrics
+from ferlab.runs.runfiles import STOPPED, headline_metrics
 
 SKIP_DIRS = {"checkpoints", "tensorboard", ".submitit", "csv", "eval", "__pycache__"}
 METRIC_ORDER = {"acc": 0, "f1_macro": 1, "ccc_mean": 2, "loss": 3}
@@ -320,7 +320,7 @@ RENDER = {"markdown": to_markdown, "csv": to_csv, "json": to_json}
 
 def write_report(report: Report, out_dir: Path, fmt: str = "markdown") -> list[Path]:
     """report.md (always) and report.<csv|json> when asked for that format, written atomically."""
-    from ferlab.data.io import atomic_write_text
+    from ferlab.runs.io import atomic_write_text
 
     paths = [atomic_write_text(out_dir / "report.md", to_markdown(report))]
     if fmt != "markdown":
@@ -330,7 +330,7 @@ def write_report(report: Report, out_dir: Path, fmt: str = "markdown") -> list[P
 
 def plot_report(report: Report, out_dir: Path, curve_metric: str) -> list[Path]:
     """`--plot`: per-epoch curves of `curve_metric` and bars of the sorted metric, one entry per table row."""
-    from ferlab.report_plots import PlotRow, plot_rows
+    from ferlab.search.report_plots import PlotRow, plot_rows
 
     rows = [PlotRow(config_label(row.config), [run.history for run in row.runs],
                     row.stat(report.sort)[:2] if report.sort else (None, None)) for row in report.rows]
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give run or sweep dirs, or --study STORAGE NAME")
     try:
         if args.study:
-            from ferlab.study_report import run_study_report
+            from ferlab.search.study_report import run_study_report
 
             text, written = run_study_report(args)
         else:

@@ -1,6 +1,6 @@
 """`ferlab report --plot`: per-epoch curves of every configuration and a bar chart of the sorted metric.
 
-The figures take plain rows (`PlotRow`), so this module knows nothing of how `ferlab.report` finds runs.
+The figures take plain rows (`PlotRow`), so this module knows nothing of how `ferlab.search.report` finds runs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _save(fig, path: Path) -> Path:
     """Write the figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from ferlab.data.io import atomic_write
+    from ferlab.runs.io import atomic_write
 
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

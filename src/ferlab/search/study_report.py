@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.errors import FerlabError
-from ferlab.trial import RUN_ATTR
+from ferlab.search.trial import RUN_ATTR
 
 
 def _state(trial: Any, retries: dict[int, int]) -> str:
@@ -90,7 +90,7 @@ def _columns(rows: list[dict], metrics: list[str] | None) -> tuple[list[str], li
 def to_markdown(study: Any, url: str, rows: list[dict], metrics: list[str] | None) -> str:
     """The table, then the parameter importances."""
     params, names = _columns(rows, metrics)
-    from ferlab.study import state_counts
+    from ferlab.search.study import state_counts
 
     states = state_counts(study.get_trials(deepcopy=False))
     directions = " and ".join(d.name.lower() for d in study.directions)
@@ -126,7 +126,7 @@ def to_csv(rows: list[dict], metrics: list[str] | None) -> str:
 
 def run_study_report(args: argparse.Namespace) -> tuple[str, list[Path]]:
     """Load the study named by `args.study`, render it in `args.format`; write it under `args.out` if given."""
-    from ferlab.study import load_study, safe_url
+    from ferlab.search.study import load_study, safe_url
 
     url, name = args.study
     study = load_study(url, name)
@@ -142,7 +142,7 @@ def run_study_report(args: argparse.Namespace) -> tuple[str, list[Path]]:
         text = to_markdown(study, safe_url(url), rows, args.metrics)
     written = []
     if args.out is not None and not args.no_write:
-        from ferlab.data.io import atomic_write_text
+        from ferlab.runs.io import atomic_write_text
 
         suffix = {"markdown": "md"}.get(args.format, args.format)
         written.append(atomic_write_text(args.out / f"study_{name}.{suffix}", text))

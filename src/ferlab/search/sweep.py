@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ferlab.errors import DataNotFound, FerlabError
-from ferlab.runfiles import NOT_STARTED, STOPPED, write_json
+from ferlab.runs.runfiles import NOT_STARTED, STOPPED, write_json
 
 log = logging.getLogger("ferlab.sweep")
 # when every job failed for a dataset that is not on disk (e.g. the Lightning-Hydra template's habit of
@@ -36,7 +36,7 @@ def mark_not_started(job_dir: Path, overrides: list[str]) -> None:
     failed.json saying so, both replaced when the job runs (`ckpt_path=auto` in the same sweep dir)."""
     import yaml
 
-    from ferlab.data.io import atomic_write_text
+    from ferlab.runs.io import atomic_write_text
 
     atomic_write_text(job_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(overrides))
     write_json(job_dir / "failed.json", {"type": NOT_STARTED, "message": "not started: the sweep was stopped first"})
@@ -75,7 +75,7 @@ def record_failure(job_return: Any) -> None:
     run_dir = _job_dir(job_return)
     if job_return.status != JobStatus.FAILED or run_dir is None or (run_dir / "failed.json").exists():
         return
-    from ferlab.runfiles import write_failed
+    from ferlab.runs.runfiles import write_failed
 
     error = job_return._return_value  # the `return_value` property would re-raise it
     write_failed(run_dir, error if isinstance(error, BaseException) else RuntimeError(str(error)))
@@ -83,7 +83,7 @@ def record_failure(job_return: Any) -> None:
 
 def summarize(sweep_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
     """Write report.md into `sweep_dir`, print the table and the failures; return the number of failed jobs."""
-    from ferlab.report import build_report, find_runs, to_markdown, write_report
+    from ferlab.search.report import build_report, find_runs, to_markdown, write_report
 
     runs = find_runs([sweep_dir]) if sweep_dir.is_dir() else []
     if not runs:
@@ -110,7 +110,7 @@ def summarize(sweep_dir: Path, out=sys.stdout, err=sys.stderr) -> int:
 
 def stopped(sweep_dir: Path, err=sys.stderr) -> int:
     """After `summarize`: when a signal stopped the sweep, say so in one line and return its exit status (else 0)."""
-    from ferlab.report import find_runs
+    from ferlab.search.report import find_runs
 
     stop = _stop(find_runs([sweep_dir]), sweep_dir) if sweep_dir.is_dir() else None
     if stop is None:

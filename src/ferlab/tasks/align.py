@@ -20,10 +20,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab.config.runner import hydra_task
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task
 
-log = logging.getLogger("ferlab.align")
+log = logging.getLogger("ferlab.tasks.align")
 MANIFEST, JOURNAL = "align.json", ".align-journal.jsonl"
 REPORTS = ("align_report.json", "align_report.md")
 
@@ -119,7 +119,7 @@ def face_of(cfg: DictConfig, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_manifest(out: Path, cfg: DictConfig, settings: dict, face: dict, counts: dict | None) -> None:
-    from ferlab.runfiles import write_json
+    from ferlab.runs.runfiles import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / MANIFEST, {"tool": "ferlab align", "input": str(cfg.input), "settings": settings, "face": face,
@@ -193,8 +193,8 @@ def build_report(entries: list[dict], ignored: list[str], resumed: int) -> dict[
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
-    from ferlab.data.io import atomic_write_text
-    from ferlab.runfiles import write_json
+    from ferlab.runs.io import atomic_write_text
+    from ferlab.runs.runfiles import write_json
 
     write_json(out / REPORTS[0], report)
     lines = ["# ferlab align report", "", "| | count |", "|---|---:|"]

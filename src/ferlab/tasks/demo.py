@@ -12,10 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ferlab.config.runner import hydra_task
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task
 
-log = logging.getLogger("ferlab.demo")
+log = logging.getLogger("ferlab.tasks.demo")
 
 
 def parse_source(source: Any) -> int | str:

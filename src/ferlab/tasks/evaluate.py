@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ferlab.config.runner import hydra_task, require_checkpoint
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task, require_checkpoint
 
 log = logging.getLogger("ferlab.eval")
 SPLITS = ("test", "val", "train")

@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
+from ferlab.config.runner import hydra_task, require_checkpoint
 from ferlab.errors import FerlabError
-from ferlab.evaluate import warn_preprocessing
-from ferlab.runner import hydra_task, require_checkpoint
+from ferlab.tasks.evaluate import warn_preprocessing
 
 METHOD_NAMES = ("saliency", "gradcam", "filters", "misclassified", "prototypes")
 TARGETS = ("label", "pred")  # saliency/gradcam: explain the labelled or the predicted class

@@ -12,16 +12,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ferlab.config.runner import hydra_task, require_checkpoint, user_model
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task, require_checkpoint, user_model
 from ferlab.weights import is_builtin
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     """Export, check parity, print the result; returns path, format and the logit differences."""
+    from ferlab.checkpoints.restore import restore
     from ferlab.infer.backends import exported_path
     from ferlab.infer.export import FORMATS, export
-    from ferlab.lit.restore import restore
 
     ckpt = require_checkpoint(cfg.get("ckpt_path"))
     if cfg.format not in FORMATS:

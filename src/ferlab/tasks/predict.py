@@ -13,10 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ferlab.config.runner import hydra_task
 from ferlab.errors import FerlabError
-from ferlab.runner import hydra_task
 
-log = logging.getLogger("ferlab.predict")
+log = logging.getLogger("ferlab.tasks.predict")
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -49,7 +49,7 @@ FILES = {"README.md": README, "conf/experiment/my_experiment.yaml": EXPERIMENT, 
 
 def write_starter(folder: Path) -> list[Path]:
     """Write the starter files into `folder` (new or empty); never overwrites anything."""
-    from ferlab.data.io import atomic_write_text
+    from ferlab.runs.io import atomic_write_text
 
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FerlabError(f"{folder} is not an empty folder: ferlab init writes only into a new or empty one")

@@ -10,9 +10,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ferlab import trackers
-from ferlab.runner import hydra_task
+from ferlab.config.runner import hydra_task
 
-log = logging.getLogger("ferlab.train")
+log = logging.getLogger("ferlab.tasks.train")
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -20,12 +20,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import BaseFinetuning, LearningRateMonitor
 
-    from ferlab.lit import resilience
+    from ferlab.checkpoints import resilience
+    from ferlab.checkpoints.preemption import Preemption
     from ferlab.lit.callbacks import MetricsHistory
     from ferlab.lit.classifier import Classifier
     from ferlab.lit.finetune import optimizer_factory
-    from ferlab.lit.preemption import Preemption
-    from ferlab.lit.pruning import trial_callbacks
+    from ferlab.search.pruning import trial_callbacks
 
     datamodule = instantiate(cfg.data, augment=instantiate(cfg.augment))
     optimizer, backbone_lr_mult = optimizer_factory(cfg.optim)
@@ -91,7 +91,7 @@ def fresh_modules(weights: dict[str, dict]) -> list[str]:
 def load_reports(net: Any, cfg: DictConfig) -> dict[str, dict]:
     """Load `init_from`'s network weights into `net`; what `model.pretrained` and `init_from` loaded, for
     metrics.json (init_from comes second, so its weights win)."""
-    from ferlab.lit.init_from import init_weights, resolve_init_from
+    from ferlab.checkpoints.init_from import init_weights, resolve_init_from
 
     reports = {}
     if getattr(net, "load_report", None) is not None:
@@ -105,19 +105,19 @@ def load_reports(net: Any, cfg: DictConfig) -> dict[str, dict]:
 @trackers.tracked  # MLflow / W&B runs started on the way end with this run's outcome and files
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test when `cfg.test`), write metrics.json into the run dir and return its contents."""
-    from ferlab.validate import validate
+    from ferlab.config.validate import validate
 
     validate(cfg)  # before the heavy imports: a config mistake is reported in a fraction of a second
     trackers.require_packages(cfg)  # logger=mlflow without mlflow: the extra to install, at once
     import pytorch_lightning as pl
 
-    from ferlab.hparams import log_hparams
+    from ferlab.checkpoints.preemption import stoppable
+    from ferlab.checkpoints.resume import check_fits, resolve_ckpt_path
     from ferlab.lit.callbacks import scalars
-    from ferlab.lit.preemption import stoppable
-    from ferlab.lit.pruning import pruned
-    from ferlab.lit.resume import check_fits, resolve_ckpt_path
     from ferlab.lit.summary import quiet_lightning
-    from ferlab.runfiles import print_summary, write_json
+    from ferlab.runs.runfiles import print_summary, write_json
+    from ferlab.search.hparams import log_hparams
+    from ferlab.search.pruning import pruned
 
     quiet_lightning()
     start = time.time()
@@ -162,7 +162,7 @@ def collect_metrics(
     """What metrics.json holds: best epoch and score, final and test metrics, history, sizes, paths, and the load
     reports of `model.pretrained` / `init_from` (`weights`: tensors loaded, adapted, modules re-initialised)."""
     from ferlab.lit.callbacks import MetricsHistory
-    from ferlab.version import version_info
+    from ferlab.runs.version import version_info
 
     history = next(c for c in trainer.callbacks if isinstance(c, MetricsHistory)).history
     ckpt = trainer.checkpoint_callback
@@ -187,7 +187,7 @@ def collect_metrics(
 
 
 def _last_path(trainer) -> str | None:
-    from ferlab.lit.resilience import last_checkpoint
+    from ferlab.checkpoints.resilience import last_checkpoint
 
     last = last_checkpoint(trainer)
     return str(last) if last is not None and last.exists() else None
@@ -198,10 +198,10 @@ def _objective(cfg: DictConfig) -> Any:
     when the search's pruner stopped the run."""
     metrics = run_train(cfg)
     if metrics.get("pruned"):
-        from ferlab.trial import Pruned
+        from ferlab.search.trial import Pruned
 
         return Pruned(**metrics["pruned"])
-    from ferlab.trial import objective_value
+    from ferlab.search.trial import objective_value
 
     return objective_value(metrics, cfg.get("optimized_metric"))
 

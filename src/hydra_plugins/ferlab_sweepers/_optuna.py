@@ -36,8 +36,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
 from ferlab.errors import FerlabError, Preempted, stop_status
-from ferlab.study import absolute_url, make_pruner, open_storage, safe_url, state_counts
-from ferlab.trial import RUN_ATTR, TRIAL_ENV, Pruned
+from ferlab.search.study import absolute_url, make_pruner, open_storage, safe_url, state_counts
+from ferlab.search.trial import RUN_ATTR, TRIAL_ENV, Pruned
 from hydra_plugins.ferlab_sweepers._space import grid_choices, parse_space, trial_overrides
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def _launch(launcher: Any, trials: list[Trial], overrides: list[list[str]]) -> l
 
 def _run_info(ret: JobReturn) -> dict[str, Any]:
     """What the study keeps about a trial's run: dir, host, headline metrics (metrics.json) or error."""
-    from ferlab.runfiles import headline_metrics, read_metrics
+    from ferlab.runs.runfiles import headline_metrics, read_metrics
 
     info: dict[str, Any] = {"host": socket.gethostname()}
     if ret.hydra_cfg is not None:
@@ -218,7 +218,7 @@ def _tell(study: optuna.Study, trial: Trial, ret: JobReturn, n_objectives: int) 
         _record(study, trial, info, state=TrialState.FAIL)
         log.error("trial %d failed: %s", trial.number, e)
         if ret.status != JobStatus.FAILED and ret.hydra_cfg is not None:  # it ran, but gave nothing to optimize
-            from ferlab.runfiles import write_failed
+            from ferlab.runs.runfiles import write_failed
 
             write_failed(Path(ret.hydra_cfg.hydra.runtime.output_dir), e)
         return
@@ -256,7 +256,7 @@ def _save_results(sweep_dir: Path, study: optuna.Study, url: str, directions: li
         log.info("Best value: %s (trial %d)", best.value, best.number)
     else:
         results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
-    from ferlab.data.io import atomic_write_text
+    from ferlab.runs.io import atomic_write_text
 
     atomic_write_text(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
@@ -308,7 +308,7 @@ class _Search:
                  self.study.study_name, safe_url(self.url), counted, self.n_trials,
                  ", ".join(f"{n} {s}" for s, n in states.items()) or "new", self.settings["n_jobs"])
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        # the command line, as the grid saves it: TensorBoard names each trial by its searched keys (ferlab.tbname)
+        # the command line, as the grid saves it: TensorBoard names each trial by its searched keys (ferlab.search.tbname)
         OmegaConf.save(self.sweeper.config, self.sweep_dir / "multirun.yaml")
         while True:
             with warnings.catch_warnings():
