@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -10,7 +11,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ferlab.analysis.tta import TestTimeAugment
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
 from ferlab.infer.preprocessing import training_record
@@ -20,6 +20,9 @@ from ferlab.lit.multitask import MultiTask
 from ferlab.methods.base import Method, MethodNet
 from ferlab.methods.plain import Plain
 from ferlab.runs.version import version_info
+
+if TYPE_CHECKING:  # a type only: analysis/ sits above lit/ (tests/test_layout.py)
+    from ferlab.analysis.tta import TestTimeAugment
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
