@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def compose_train(root: Path, overrides: Sequence[str], run_dir: Path) -> Any:
     """conf/train.yaml composed as `ferlab train` would, data and caches under `root`, the run under `run_dir`."""
-    from ferlab.runner import compose_run
+    from ferlab.config.runner import compose_run
 
     return compose_run("train", [f"paths.root_dir={root}", *overrides], run_dir)
 
@@ -44,7 +44,7 @@ def machine() -> str:
 def write(name: str, markdown: str, quick: bool = False) -> Path:
     """benchmarks/results/<name>.md, written atomically; a --quick check goes to <name>.quick.md (git-ignored),
     so checking that a script runs never replaces the measured figures."""
-    from ferlab.data.io import atomic_write_text
+    from ferlab.runs.io import atomic_write_text
 
     return atomic_write_text(RESULTS / f"{name}{'.quick' if quick else ''}.md", markdown.rstrip() + "\n")
 

@@ -41,7 +41,7 @@ def _compose(config: str, overrides: list[str], hydra_cfg: bool = False) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from ferlab.runner import CONF_DIR
+    from ferlab.config.runner import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -54,10 +54,10 @@ def build_models(tmp: Path) -> tuple[dict[str, Any], str]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from ferlab.checkpoints.restore import Restored
     from ferlab.infer.backends import LoadedModel, load_onnx
     from ferlab.infer.export import export
     from ferlab.infer.preprocess import InputSpec
-    from ferlab.lit.restore import Restored
 
     cfg = _compose("train", [], hydra_cfg=True)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

@@ -105,7 +105,7 @@ def ferlab_probs(x: np.ndarray, hdf5: str) -> dict[str, np.ndarray]:
     """Softmax of the shipped checkpoint and of a fresh h5py conversion, on (N, 64, 64, 1) scaled inputs."""
     import torch
 
-    from ferlab.lit.restore import restore
+    from ferlab.checkpoints.restore import restore
     from ferlab.models.keras_h5 import load_keras_weights
     from ferlab.models.registry import create_model
 
@@ -123,10 +123,10 @@ def crops_table() -> str:
     import torch
 
     from benchmarks.common import table
+    from ferlab.checkpoints.restore import restore
     from ferlab.infer.backends import load_model
     from ferlab.infer.detect import HaarFaceDetector
     from ferlab.infer.predictor import Predictor
-    from ferlab.lit.restore import restore
 
     model = load_model("builtin:fer2013_mini_xception", threads=1)
     names, rows = model.class_names, []

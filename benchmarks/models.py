@@ -54,7 +54,7 @@ def build(case: Case) -> Any:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ferlab.runner import CONF_DIR
+    from ferlab.config.runner import CONF_DIR
 
     data = {"in_chans": case.chans, "num_classes": CLASSES, "image_size": case.side}
     node = OmegaConf.merge(OmegaConf.load(Path(CONF_DIR) / "model" / f"{case.model}.yaml"), case.overrides)

@@ -91,7 +91,7 @@ def hand_written(cfg: Any) -> float:
 
 def framework(cfg: Any) -> float:
     """Steps/s of `ferlab train` (run_train) with the given config."""
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     run_train(cfg)
     # the instance Hydra built lives in the importable module, not in __main__ under `python -m`

@@ -46,7 +46,7 @@ def _data(spec: dict[str, Any]) -> list[str]:
 
 def _train(runs: Path, name: str, overrides: list[str]) -> dict[str, Any]:
     """run_train in `runs/<name>`; faces rendered and cached under data_root() (kept for the next time)."""
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     cfg = compose_train(data_root(), [*COMMON, f"task_name={name}", f"paths.log_dir={runs}", *overrides], runs / name)
     return run_train(cfg)

@@ -11,7 +11,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from ferlab.runner import compose_run
+from ferlab.config.runner import compose_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ INFER_RUN = [*_TINY, "logger=none", "test=false"]
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> dict:
     """metrics.json of EVAL_RUN (eval, explain): selected on validation, reported on both test halves."""
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     return run_train(compose_cfg(tmp_path_factory.mktemp("train"), EVAL_RUN))
 
@@ -53,7 +53,7 @@ def trained(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory) -> Path:
     """last.ckpt of INFER_RUN (gray 48x48, 7 classes), for the inference modules (predict, demo, export)."""
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     return Path(run_train(compose_cfg(tmp_path_factory.mktemp("train"), INFER_RUN))["checkpoints"]["last"])
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.align import run_align
 from ferlab.errors import FerlabError
 from ferlab.infer.align import TEMPLATES, align_face, alignment_matrix, similarity, template
+from ferlab.tasks.align import run_align
 from tests.conftest import compose_cfg
 from tests.test_predict import astronaut
 
@@ -106,7 +106,7 @@ def test_align_writes_the_layout_and_reports_what_it_could_not_align(aligned):
 
 
 def test_an_aligned_folder_trains_and_its_checkpoint_records_the_alignment(aligned):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     cfg = compose_cfg(aligned["tmp"] / "train", [
         "data=folder", f"data.source.root={aligned['out']}", "data.class_names=[happy,sad]", "data.batch_size=4",

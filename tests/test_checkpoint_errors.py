@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.mismatch import describe_mismatch
+from ferlab.config.runner import guarded
 from ferlab.errors import DiskFull, FerlabError
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.mismatch import describe_mismatch
-from ferlab.runner import guarded
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 from tests.conftest import FAST
 
 
@@ -54,7 +54,7 @@ def test_failed_json_that_does_not_fit_is_skipped_silently(make_cfg, monkeypatch
     def no_room(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("ferlab.runfiles.atomic_write_text", no_room)
+    monkeypatch.setattr("ferlab.runs.runfiles.atomic_write_text", no_room)
     cfg = make_cfg()
     with pytest.raises(SystemExit) as info:
         guarded(fail, cfg)

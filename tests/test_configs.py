@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ferlab.runner import CONF_DIR
+from ferlab.config.runner import CONF_DIR
 
 SKIP_GROUPS = {"hydra", "local", "experiment", "hparams_search", "debug"}  # covered by their own tests
 

@@ -71,7 +71,7 @@ def test_dropped_rows_and_predictions_of_missing_classes_score_as_sklearn():
 
 @pytest.fixture(scope="module")
 def rafdb_run(tmp_path_factory) -> dict:
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     tmp = tmp_path_factory.mktemp("cross")
     root = write_rafdb(tmp / "rafdb", 90, seed=1, size=32)
@@ -84,7 +84,7 @@ def rafdb_run(tmp_path_factory) -> dict:
 def test_rafdb_checkpoint_on_affectnet_layout_with_contempt(rafdb_run, tmp_path):
     from ferlab.analysis.common import load
     from ferlab.data.sources.affectnet import AffectNet
-    from ferlab.evaluate import run_eval
+    from ferlab.tasks.evaluate import run_eval
 
     data = write_affectnet2021(tmp_path / "affectnet", 60, seed=2, size=32, val_fraction=0.4)
     ckpt = rafdb_run["checkpoints"]["last"]

@@ -165,7 +165,7 @@ def test_2021_layout_reads_per_image_annotations(v2021, tmp_path):
 
 @pytest.mark.parametrize("classes", [8, 7])
 def test_train_runs_end_to_end_with_the_chosen_classes(v2021, make_cfg, classes):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     cfg = make_cfg("data=affectnet", f"data.source.root={v2021}", f"data.source.classes={classes}", "data.image_size=32",
                    "data.batch_size=8", "data.sampler=balanced", "loss=weighted_ce", "model.width=8", "debug=fdr",

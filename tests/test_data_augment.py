@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ferlab.config.runner import CONF_DIR
 from ferlab.data import augment as A
-from ferlab.runner import CONF_DIR
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "augment").glob("*.yaml"))
 

@@ -187,8 +187,8 @@ def test_face_boxes_are_clamped_and_cropped_before_resizing(tmp_path):
 
 MEMORY_RUN = """
 import json, resource, sys
-from ferlab.runner import compose_run
-from ferlab.train import run_train
+from ferlab.config.runner import compose_run
+from ferlab.tasks.train import run_train
 
 root, cache = sys.argv[1], sys.argv[2]
 def peak():

@@ -128,7 +128,7 @@ def test_auto_normalization_is_measured_on_train_in_model_space(faces, tmp_path)
 
 
 def test_dataset_meta_and_per_split_metrics_reach_metrics_json(make_cfg, faces):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     cfg = make_cfg("data=fer2013", f"data.source.csv_path={faces['csv']}", "data.source.test=both",
                    "data.clean.min_std=10", "augment=report001", "data.batch_size=64", "model.width=8",

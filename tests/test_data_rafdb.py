@@ -124,7 +124,7 @@ def test_no_rafdb_layout_under_root_says_what_it_expected(tmp_path):
 
 @pytest.mark.parametrize("split", ["random", "official"])
 def test_train_runs_end_to_end_on_the_written_release(release, make_cfg, split):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     cfg = make_cfg("data=rafdb", f"data.source.root={release}", "data.image_size=32", f"data.split={split}",
                    "data.batch_size=8", "model.width=8", "debug=fdr", "callbacks.rich_progress_bar=null",

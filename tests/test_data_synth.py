@@ -12,8 +12,8 @@ from ferlab.data.sources.ferplus import FerPlus
 from ferlab.data.sources.folders import ImageFolders
 from ferlab.data.sources.rafdb import RafDb
 from ferlab.labels import FER5, FER2013
-from ferlab.synth import FORMATS
-from ferlab.synth import main as synth
+from ferlab.tasks.synth import FORMATS
+from ferlab.tasks.synth import main as synth
 from tests.conftest import run_cli
 
 
@@ -73,7 +73,7 @@ def test_a_bad_row_ends_training_with_one_line_naming_file_and_line(tmp_path, wr
 
 
 def test_help_says_which_formats_write_one_csv_file():
-    from ferlab.synth import FILES, build_parser
+    from ferlab.tasks.synth import FILES, build_parser
 
     epilog = build_parser().epilog
     for name in FORMATS:

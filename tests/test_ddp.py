@@ -14,10 +14,10 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_utilities.core.rank_zero import rank_zero_only
 from pytorch_lightning.callbacks import Callback
 
-from ferlab import runner
+from ferlab.checkpoints.ddp import DDPStrategy
+from ferlab.config import runner
 from ferlab.errors import FerlabError
-from ferlab.lit.ddp import DDPStrategy
-from ferlab.train import build, run_train
+from ferlab.tasks.train import build, run_train
 
 
 def _single_process_metrics(make_cfg, run: Path, ckpt: str, stage: str) -> dict[str, float]:
@@ -128,8 +128,8 @@ def test_sigterm_to_the_workers_saves_says_where_in_one_line_and_resumes_exactly
     resume's history and weights equal a run never stopped."""
     import signal
 
-    from ferlab.lit.ckpt_file import load_checkpoint
-    from ferlab.runfiles import LAST
+    from ferlab.checkpoints.ckpt_file import load_checkpoint
+    from ferlab.runs.runfiles import LAST
     from tests.test_resume import EXACT, _same_weights
 
     ddp = ["trainer=ddp_sim", "trainer.strategy.start_method=fork", *EXACT]

@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 
-from ferlab.demo import run_demo
 from ferlab.errors import FerlabError
 from ferlab.infer.backends import load_model
 from ferlab.infer.detect import HaarFaceDetector
@@ -17,6 +16,7 @@ from ferlab.infer.draw import annotate
 from ferlab.infer.media import VideoSource
 from ferlab.infer.predictor import Predictor
 from ferlab.infer.video import run_loop
+from ferlab.tasks.demo import run_demo
 from tests.conftest import compose_cfg, run_cli
 from tests.test_predict import write_clip
 

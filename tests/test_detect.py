@@ -133,8 +133,8 @@ def _with_record(ckpt: Path, tmp: Path, face: dict) -> Path:
 
 
 def test_predict_and_onnx_apply_the_checkpoint_record(ckpt, tmp_path, capsys):
-    from ferlab.export import run_export
-    from ferlab.predict import run_predict
+    from ferlab.tasks.export import run_export
+    from ferlab.tasks.predict import run_predict
 
     assert torch.load(ckpt, map_location="cpu", weights_only=True)[KEY]["face"] is None  # synthetic: unrecorded
     path = _with_record(ckpt, tmp_path, face_record("mtcnn", align=True, align_margin=0.1, source="test"))

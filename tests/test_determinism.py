@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 
 VARYING = ("wall_time_s", "checkpoints")  # clock time and the run's own paths
 

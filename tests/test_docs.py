@@ -182,7 +182,7 @@ def test_compose_blocks_compose_with_the_real_config(tmp_path, monkeypatch):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ferlab.runner import CONF_DIR
+    from ferlab.config.runner import CONF_DIR
 
     monkeypatch.chdir(tmp_path)  # no ./conf of the caller's folder
     parser, problems = OverridesParser.create(), []

@@ -19,7 +19,7 @@ from torch import nn
 from ferlab.analysis.metrics import classification_report
 from ferlab.analysis.tta import TestTimeAugment
 from ferlab.errors import FerlabError
-from ferlab.evaluate import run_eval
+from ferlab.tasks.evaluate import run_eval
 from tests.conftest import REPO, compose_cfg, run_cli
 
 
@@ -99,7 +99,7 @@ def test_training_reports_both_test_splits_like_the_logged_metrics(trained):
 
 def test_training_report_reuses_the_test_pass_unless_the_test_was_limited(make_cfg, monkeypatch):
     import ferlab.analysis.report as eval_report
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     full_pass = eval_report.predict_split
     monkeypatch.setattr(eval_report, "predict_split", lambda *a, **k: pytest.fail("test split predicted twice"))

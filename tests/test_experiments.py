@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from ferlab.runner import CONF_DIR
+from ferlab.config.runner import CONF_DIR
 from tests.conftest import REPO, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
@@ -201,7 +201,7 @@ def test_every_experiment_runs_a_smoke_epoch_in_one_multirun(tmp_path):
 
 
 def test_trainer_knobs_bf16_clipping_and_accumulation_train(make_cfg):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     cfg = make_cfg("trainer=cpu", "data.batch_size=16", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5",
                    "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
@@ -212,7 +212,7 @@ def test_trainer_knobs_bf16_clipping_and_accumulation_train(make_cfg):
 
 
 def test_debug_overfit_and_profiler_presets(make_cfg, tmp_path):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     history = run_train(make_cfg("debug=overfit", "trainer.max_epochs=6", "data.batch_size=8", "logger=none",
                                  "optim.lr=0.01"))["history"]
@@ -231,9 +231,9 @@ def test_the_papers_recipes_train_on_their_datasets_layout(tmp_path):
     ResNet-18 file (torchvision's layout in a "state_dict") at its default place under data/weights/."""
     import torchvision
 
+    from ferlab.config.runner import compose_run
     from ferlab.data.writers_wild import write_affectnet, write_rafdb
-    from ferlab.runner import compose_run
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     data = tmp_path / "data"
     write_rafdb(data / "rafdb", 140, seed=1, size=48)

@@ -14,11 +14,11 @@ from torch import nn
 from ferlab.analysis.attribution import grad_cam, saliency
 from ferlab.analysis.filters import find_layer, maximize_filters
 from ferlab.analysis.prototypes import class_prototypes, prototype_probs
+from ferlab.config.runner import CONF_DIR
 from ferlab.errors import FerlabError
-from ferlab.explain import run_explain
 from ferlab.models import list_models
 from ferlab.models.base import FERNet
-from ferlab.runner import CONF_DIR
+from ferlab.tasks.explain import run_explain
 from tests.conftest import compose_cfg, run_cli
 from tests.test_eval import tb_image_tags
 

@@ -16,12 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from ferlab.checkpoints.restore import Restored, restore
 from ferlab.errors import FerlabError
-from ferlab.export import run_export
 from ferlab.infer.backends import load_model
 from ferlab.infer.export import export
-from ferlab.lit.restore import Restored, restore
-from ferlab.predict import run_predict
+from ferlab.tasks.export import run_export
+from ferlab.tasks.predict import run_predict
 from tests.conftest import compose_cfg, run_cli
 from tests.test_predict import astronaut
 

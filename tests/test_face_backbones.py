@@ -378,7 +378,7 @@ def test_the_config_route_stores_the_load_report_for_metrics_json(tmp_path):
     under weights.pretrained."""
     from hydra.utils import instantiate
 
-    from ferlab.train import load_reports, model_config
+    from ferlab.tasks.train import load_reports, model_config
 
     path = save(calibrated(MobileFaceNet(512)).state_dict(), tmp_path / "model_mobilefacenet.pth")
     cfg = compose_cfg(tmp_path, ["model=mobilefacenet", f"model.pretrained={path}"])
@@ -454,8 +454,8 @@ def test_a_pickled_whole_model_is_one_line_whose_conversion_works(enet, tmp_path
 def test_embedding_necks_export_at_112_px_with_parity(name, kwargs, fmt, tmp_path):
     """The embedding necks on 112x112 RGB faces (maps 28x28 and 7x7 pooled to 7x7) export with a dynamic batch;
     the default neck=avg exports with the zoo at 48 px (tests/test_export.py)."""
+    from ferlab.checkpoints.restore import Restored
     from ferlab.infer.export import export
-    from ferlab.lit.restore import Restored
 
     torch.manual_seed(0)
     net = create_model(name, in_chans=3, num_classes=7, **kwargs).eval()

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from ferlab.lit.finetune import is_backbone
-from ferlab.train import build, run_train
+from ferlab.tasks.train import build, run_train
 
 # two short epochs of two batches; injected callbacks record what the tests look at
 TINY = ["data.source.num_images=200", "data.batch_size=16", "trainer.limit_train_batches=2",
@@ -101,7 +101,7 @@ def test_weight_averaging_is_what_is_checkpointed_and_tested(make_cfg, record, a
     assert all(torch.equal(v, Record.tested[k]) for k, v in best["state_dict"].items())  # the test ran on the average
     if averaging == "ema":  # every EMA checkpoint after an update differs from the trained weights
         assert _changed(best["state_dict"], best["current_model_state"], backbone=False)
-    from ferlab.lit.restore import restore
+    from ferlab.checkpoints.restore import restore
 
     net = restore(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt").net  # eval, predict, export read this
     assert all(torch.equal(v, best["state_dict"][f"net.{k}"]) for k, v in net.state_dict().items())

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from ferlab.config.runner import compose_run, guarded
 from ferlab.errors import FerlabError
-from ferlab.evaluate import run_eval
-from ferlab.explain import run_explain
-from ferlab.export import run_export
-from ferlab.predict import run_predict
-from ferlab.runner import compose_run, guarded
+from ferlab.tasks.evaluate import run_eval
+from ferlab.tasks.explain import run_explain
+from ferlab.tasks.export import run_export
+from ferlab.tasks.predict import run_predict
 from tests.conftest import run_cli
 
 PRECIOUS = "the user's results, not to be touched\n"
@@ -88,7 +88,7 @@ def test_hostile_checkpoint_is_refused_by_every_task_before_anything_runs(kind, 
 
 
 def test_refusal_names_the_key(hostile):
-    from ferlab.lit.restore import restore
+    from ferlab.checkpoints.restore import restore
 
     files, *_ = hostile
     expected = {"open": "model._args_", "nested": "model.act._target_", "partial": "model._partial_",
@@ -110,7 +110,7 @@ def test_cli_refuses_with_one_line_and_leaves_the_users_file(hostile, tmp_path):
 
 def test_a_users_own_model_class_is_named_by_the_user(ckpt, tmp_path):
     """A checkpoint naming an unregistered class is refused; the user can name that class themselves."""
-    from ferlab.lit.restore import restore
+    from ferlab.checkpoints.restore import restore
 
     evil = torch.load(ckpt, weights_only=True, map_location="cpu")
     genuine_target = evil["hyper_parameters"]["config"]["model"]["_target_"]
@@ -134,7 +134,7 @@ def test_export_metadata_is_data(tmp_path):
 def test_where_data_is_cached_and_how_many_processes_decode_it_are_not_the_files(ckpt, tmp_path):
     """A stored cache_dir / decode_workers are ignored (this machine's paths.cache_dir is used), and a stored
     synthetic set that is not on disk is not rendered into the path the file names."""
-    from ferlab.evaluate import run_eval
+    from ferlab.tasks.evaluate import run_eval
 
     evil = torch.load(ckpt, weights_only=True, map_location="cpu")
     data = evil["hyper_parameters"]["config"]["data"]

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.init_from import resolve_init_from
 from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
 from ferlab.data.writers import ferplus_votes, write_ferplus_csv
 from ferlab.errors import FerlabError
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.init_from import resolve_init_from
 from tests.conftest import INFER_RUN, compose_cfg
 
 # the session checkpoint's network (conftest INFER_RUN: resnet18_small at width 8), one short epoch
@@ -39,7 +39,7 @@ def ferplus(tmp_path_factory) -> list[str]:
 
 def test_seven_class_run_initialises_an_eight_class_run(ckpt, ferplus, tmp_path):
     """The backbone is the 7-class checkpoint's; the 8-class head keeps its fresh init; metrics.json says so."""
-    from ferlab.train import build, run_train
+    from ferlab.tasks.train import build, run_train
 
     overrides = [*TINY, *ferplus, f"init_from={ckpt}"]
     source = {k.removeprefix("net."): v for k, v in load_checkpoint(ckpt)["state_dict"].items() if k.startswith("net.")}
@@ -95,7 +95,7 @@ def test_bad_init_from_is_one_line(make_cfg, tmp_path, value, match):
 
 
 def test_weights_of_another_network_fail_in_one_line(ckpt, make_cfg):
-    from ferlab.train import build
+    from ferlab.tasks.train import build
 
     with pytest.raises(FerlabError) as err:
         build(make_cfg(f"init_from={ckpt}", "model=lenet7", fast=False))  # the checkpoint holds a resnet18_small
@@ -103,7 +103,7 @@ def test_weights_of_another_network_fail_in_one_line(ckpt, make_cfg):
 
 
 def test_a_resumed_run_ignores_init_from(ckpt, tmp_path):
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     # last:never_ran would fail if it were resolved: resuming takes everything from the checkpoint
     metrics = run_train(compose_cfg(tmp_path, [*INFER_RUN, "trainer.max_epochs=2", f"ckpt_path={ckpt}",
@@ -113,8 +113,8 @@ def test_a_resumed_run_ignores_init_from(ckpt, tmp_path):
 
 def test_report004_two_stages_chain_by_task_name(tmp_path):
     """experiment=report004_finetune finds the pre-training's checkpoint through last:report004_pretrain."""
-    from ferlab.runner import compose_run
-    from ferlab.train import run_train
+    from ferlab.config.runner import compose_run
+    from ferlab.tasks.train import run_train
 
     tiny = ["data=synthetic", "data.source.num_images=200", "data.batch_size=16", "model.layers=2", "model.channels=8",
             *TINY[2:]]

@@ -85,7 +85,7 @@ def test_weighted_ce_rejects_a_weight_list_of_the_wrong_length():
 
 
 def test_classifier_hands_train_counts_to_weighted_ce(make_cfg):
-    from ferlab.train import build
+    from ferlab.tasks.train import build
 
     cfg = make_cfg("loss=weighted_ce", "debug=fdr", "trainer=cpu", "logger=none")
     parts = build(cfg)

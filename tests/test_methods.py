@@ -12,11 +12,11 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.restore import restore
+from ferlab.config.validate import problems
 from ferlab.errors import FerlabError, Preempted
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.restore import restore
-from ferlab.train import build, run_train
-from ferlab.validate import problems
+from ferlab.tasks.train import build, run_train
 
 # 160 training faces in batches of 16
 TINY = ["data.source.num_images=200", "data.batch_size=16", "trainer.limit_val_batches=1", "logger=none",

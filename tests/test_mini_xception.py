@@ -226,8 +226,8 @@ def test_files_that_do_not_fit_are_one_line(keras_file, tmp_path):
 
 
 def test_the_builtin_checkpoint_loads_weights_only_with_its_records():
+    from ferlab.checkpoints.restore import restore
     from ferlab.labels import FER2013
-    from ferlab.lit.restore import restore
 
     path = builtin_path("fer2013_mini_xception")
     assert path == resolve_checkpoint("builtin:fer2013_mini_xception") and path.with_name("NOTICE").is_file()
@@ -249,7 +249,7 @@ def test_predict_without_a_checkpoint_labels_a_real_smiling_face_happy(tmp_path,
     import cv2
     from skimage import data
 
-    from ferlab.predict import run_predict
+    from ferlab.tasks.predict import run_predict
     from tests.conftest import compose_cfg
 
     photo = tmp_path / "astronaut.png"
@@ -265,8 +265,8 @@ def test_predict_without_a_checkpoint_labels_a_real_smiling_face_happy(tmp_path,
 
 
 def test_builtin_exports_into_the_run_dir_and_init_from_resolves_it(tmp_path):
-    from ferlab.export import run_export
-    from ferlab.lit.init_from import init_weights, resolve_init_from
+    from ferlab.checkpoints.init_from import init_weights, resolve_init_from
+    from ferlab.tasks.export import run_export
     from tests.conftest import compose_cfg
 
     for fmt in ("onnx", "torchscript"):

@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from ferlab.config.runner import CONF_DIR
 from ferlab.models import FERNet, list_models
 from ferlab.models.registry import get_builder
-from ferlab.runner import CONF_DIR
 
 MODEL_DIR = Path(CONF_DIR) / "model"
 # name: (in_chans, side, classes, batch). Batch 1 at 224 keeps the VGGs' 20 GMAC forward affordable on a CPU.
@@ -149,8 +149,8 @@ def test_model_contract_rgb224(name: str):
 @pytest.mark.parametrize("name", list_models())
 def test_stored_config_rebuilds_through_the_registry(name: str):
     """What a checkpoint stores (the resolved model config, plain values) rebuilds the same network through the
-    registry alone (ferlab.lit.restore): no instantiate on what a file says, every weight fits."""
-    from ferlab.lit.restore import model_builder
+    registry alone (ferlab.checkpoints.restore): no instantiate on what a file says, every weight fits."""
+    from ferlab.checkpoints.restore import model_builder
 
     data = {"in_chans": 1, "num_classes": 7, "image_size": 48}
     cfg = OmegaConf.create({"data": data, "model": OmegaConf.load(MODEL_DIR / f"{name}.yaml")})

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from ferlab.config.runner import guarded
 from ferlab.errors import FerlabError
 from ferlab.models import create_model, list_models
 from ferlab.models.registry import get_builder
-from ferlab.runner import guarded
 
 
 def accepts(name: str, arg: str) -> bool:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.resilience import NonFiniteLoss
-from ferlab.runner import guarded
-from ferlab.train import run_train
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.resilience import NonFiniteLoss
+from ferlab.config.runner import guarded
+from ferlab.tasks.train import run_train
 from tests.conftest import FAST
 from tests.test_resume import ferlab_proc  # noqa: F401  (fixture)
 

@@ -83,7 +83,7 @@ def _one_run(outputs: Path) -> Path:
 
 def test_wheel_trains_from_an_empty_folder(installed, tmp_path):
     where = _ferlab(installed, tmp_path, "--version")  # the installed copy: no checkout, so no git commit
-    code = "import ferlab, ferlab.runner; print(ferlab.__file__); print(ferlab.runner.CONF_DIR)"
+    code = "import ferlab, ferlab.config.runner; print(ferlab.__file__); print(ferlab.config.runner.CONF_DIR)"
     imported = _run([sys.executable, "-c", code], cwd=tmp_path, env=installed["env"]).stdout.split()
     site = installed["site"].resolve()
     assert all(Path(p).resolve().is_relative_to(site) for p in imported), imported

@@ -14,13 +14,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from ferlab.checkpoints.restore import restore
+from ferlab.config.runner import CONF_DIR
 from ferlab.errors import FerlabError
 from ferlab.infer.detect import HaarFaceDetector, WholeImage
 from ferlab.infer.predictor import softmax
 from ferlab.infer.preprocess import InputSpec, to_model_input
-from ferlab.lit.restore import restore
-from ferlab.predict import run_predict
-from ferlab.runner import CONF_DIR
+from ferlab.tasks.predict import run_predict
 from tests.conftest import compose_cfg, run_cli
 
 # Eileen Collins' face in skimage.data.astronaut() (512x512), [x, y, w, h], marked by eye: hairline to chin
@@ -271,7 +271,7 @@ def test_task_modules_stay_light_and_help_answers(tmp_path):
     import sys
 
     code = (
-        "import sys, ferlab.predict, ferlab.demo, ferlab.export\n"
+        "import sys, ferlab.tasks.predict, ferlab.tasks.demo, ferlab.tasks.export\n"
         "print('HEAVY', [m for m in ('torch', 'cv2', 'onnxruntime') if m in sys.modules])\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

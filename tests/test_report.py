@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ferlab.errors import FerlabError
-from ferlab.report import build_parser, build_report, find_runs, main, run_report
+from ferlab.search.report import build_parser, build_report, find_runs, main, run_report
 
 # (overrides, val/acc at the best epoch, test/acc); three seeds of adam, two of sgd, one dropout run
 RUNS = [

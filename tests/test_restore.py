@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ferlab.checkpoints.restore import check_classes, restore
 from ferlab.errors import FerlabError
-from ferlab.lit.restore import check_classes, restore
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 
 
 @pytest.fixture

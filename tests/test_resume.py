@@ -22,16 +22,16 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from ferlab.checkpoints.checkpoint_io import AtomicCheckpointIO
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.preemption import TWICE
+from ferlab.checkpoints.resilience import rng_state, set_rng_state
+from ferlab.checkpoints.resume import resolve_ckpt_path
 from ferlab.errors import FerlabError, Interrupted, Preempted
-from ferlab.lit.checkpoint_io import AtomicCheckpointIO
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.preemption import TWICE
-from ferlab.lit.resilience import rng_state, set_rng_state
-from ferlab.lit.resume import resolve_ckpt_path
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 from tests.conftest import FAST, compose_cfg
 
-PRELOAD = ["torch", "pytorch_lightning", "ferlab.train", "ferlab.lit.classifier", "ferlab.lit.resilience",
+PRELOAD = ["torch", "pytorch_lightning", "ferlab.tasks.train", "ferlab.lit.classifier", "ferlab.checkpoints.resilience",
            "ferlab.data.datamodule", "ferlab.models.resnet", "tests.test_resume"]
 LAST = Path("checkpoints") / "last.ckpt"
 
@@ -367,9 +367,9 @@ def test_every_stop_line_uses_one_resume_wording(tmp_path, monkeypatch):
 
     from omegaconf import OmegaConf
 
-    from ferlab.lit import ddp
-    from ferlab.lit.preemption import stop_message
-    from ferlab.runner import _as_reported
+    from ferlab.checkpoints import ddp
+    from ferlab.checkpoints.preemption import stop_message
+    from ferlab.config.runner import _as_reported
 
     run, last = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.ckpt"
     trainer = SimpleNamespace(current_epoch=1, global_step=5, default_root_dir=str(run), callbacks=[])

@@ -24,12 +24,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 
+from ferlab.checkpoints.ckpt_file import load_checkpoint
+from ferlab.checkpoints.fit_audit import IncompleteFit
+from ferlab.checkpoints.preemption import TWICE
+from ferlab.config.runner import guarded
 from ferlab.errors import FerlabError, Interrupted, Preempted
-from ferlab.lit.ckpt_file import load_checkpoint
-from ferlab.lit.fit_audit import IncompleteFit
-from ferlab.lit.preemption import TWICE
-from ferlab.runner import guarded
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 from tests.conftest import compose_cfg
 
 # 128 training images in batches of 32: 4 steps per epoch; validation and test: 2 batches of 8 each. Dropout and
@@ -269,7 +269,7 @@ def test_a_stop_while_testing_stops_at_once_and_the_resume_tests_again(base, ref
 
 
 WINDOWS = {  # a stop outside Lightning's loops: between the fit and the test, and while the run's files are written
-    "after_fit": "ferlab.lit.pruning.pruned",
+    "after_fit": "ferlab.search.pruning.pruned",
     "writing_files": "ferlab.analysis.report.report_after_training",
 }
 

@@ -100,7 +100,7 @@ def test_warmup_state_round_trips_mid_schedule():
 
 def test_a_warmed_up_plateau_in_lightning_and_a_history_past_the_best_epoch(make_cfg):
     # lr ~ 0 and no batch norm: both epochs score the same, so the best (tested) checkpoint stays at epoch 0
-    from ferlab.train import run_train
+    from ferlab.tasks.train import run_train
 
     metrics = run_train(make_cfg("sched=plateau", "sched.warmup_epochs=1", "trainer.max_epochs=2", "optim.lr=1e-9",
                                  "model.norm=none", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",

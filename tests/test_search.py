@@ -51,7 +51,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
 
 
 def _study(url: str, name: str = "smoke_synthetic") -> optuna.Study:
-    from ferlab.study import load_study
+    from ferlab.search.study import load_study
 
     return load_study(url, name)
 
@@ -184,7 +184,7 @@ def test_search_space_grammar_is_hydras():
 def test_storage_urls_reach_jobs_absolute_and_intact(tmp_path, monkeypatch):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ferlab.study import absolute_url
+    from ferlab.search.study import absolute_url
     from hydra_plugins.ferlab_sweepers._optuna import _quoted
 
     for url in ["journal:////shared/a b/x.log", "postgresql+psycopg://u:p'w\\d@h:5/db?host=/tmp/s", "x\\"]:
@@ -197,7 +197,7 @@ def test_storage_urls_reach_jobs_absolute_and_intact(tmp_path, monkeypatch):
 
 
 def test_journal_heartbeats_fail_a_silent_trial_and_queue_its_retry(tmp_path):
-    from ferlab.study import open_storage
+    from ferlab.search.study import open_storage
 
     storage = open_storage(f"journal:///{tmp_path}/study.log", heartbeat_interval=1, grace_period=1, max_retry=1)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -217,7 +217,7 @@ def test_journal_heartbeats_fail_a_silent_trial_and_queue_its_retry(tmp_path):
 def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path):
     """A worker killed between asking for a trial and launching it leaves a trial the grace period fails (a trial
     that never had a heartbeat would stay RUNNING for ever)."""
-    from ferlab.study import open_storage
+    from ferlab.search.study import open_storage
     from hydra_plugins.ferlab_sweepers._optuna import _Search
 
     storage = open_storage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=1, grace_period=1, max_retry=0)
@@ -232,7 +232,7 @@ def test_a_trial_has_a_heartbeat_from_the_moment_it_is_asked(tmp_path):
 def test_a_trial_left_running_without_heartbeats_is_failed_and_retried(tmp_path):
     """An Optuna-2 worker (hydra-optuna-sweeper) keeps no heartbeats: its trial left RUNNING is failed once its
     start is older than the grace period, and queued again with its parameters; a trial just asked is left alone."""
-    from ferlab.study import open_storage
+    from ferlab.search.study import open_storage
 
     url = f"sqlite:///{tmp_path}/study.db"
     old = optuna.create_study(study_name="s", storage=url)  # Optuna's own storage: no heartbeats
@@ -298,7 +298,7 @@ def test_bad_search_input_is_one_line_and_leaves_the_study_alone(tmp_path, overr
 
 def test_a_trial_builds_its_sampler_once(tmp_path):
     """Seeded for the number it will get, once; rebuilt only when another worker took that number meanwhile."""
-    from ferlab.study import open_storage
+    from ferlab.search.study import open_storage
     from hydra_plugins.ferlab_sweepers._optuna import _Search
 
     storage = open_storage(f"sqlite:///{tmp_path}/study.db")
@@ -315,8 +315,8 @@ def test_the_retry_of_a_stopped_trial_continues_its_run(tmp_path):
     `failed_trial`) continues the stopped run in its dir from its last.ckpt instead of starting again."""
     from types import SimpleNamespace
 
-    from ferlab.study import open_storage
-    from ferlab.trial import RUN_ATTR
+    from ferlab.search.study import open_storage
+    from ferlab.search.trial import RUN_ATTR
     from hydra_plugins.ferlab_sweepers._optuna import _abandon, _Search
 
     storage = open_storage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=30, max_retry=1)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from ferlab.sweep import NO_DATA_HINT
+from ferlab.search.sweep import NO_DATA_HINT
 from tests.conftest import run_cli
 
 TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -88,7 +88,7 @@ def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
 
 
 def test_tensorboard_run_names_keep_swept_keys_and_shorten_long_values():
-    from ferlab.tbname import run_name
+    from ferlab.search.tbname import run_name
 
     job = ["seed=1", "optim.lr=0.000123456789", 'data.source.root="/data/数据 集/fer5/"', "trainer.max_epochs=2",
            "+tags=" + "x" * 40]
@@ -203,7 +203,7 @@ def test_slurm_preset_requeues_and_resumes(make_cfg):
     assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0 and "partition" in launcher
     folder = OmegaConf.to_container(launcher, resolve=False)["submitit_folder"]
     assert folder.startswith("${hydra.sweep.dir}/")  # next to the jobs' run dirs, which stay put across requeues
-    from ferlab.lit.resume import resolve_ckpt_path
+    from ferlab.checkpoints.resume import resolve_ckpt_path
 
     assert resolve_ckpt_path(cfg) is None  # first attempt: nothing to resume; later attempts: <run>/checkpoints/last.ckpt
 
@@ -238,13 +238,13 @@ def test_the_end_of_a_sweep_reads_its_run_folders_once(tmp_path, monkeypatch):
     """The table and the stop line come from one walk of the sweep dir."""
     import contextlib
 
-    import ferlab.report
-    from ferlab.sweep import SweepFailed, SweepSummary, mark_not_started
+    import ferlab.search.report
+    from ferlab.search.sweep import SweepFailed, SweepSummary, mark_not_started
 
     for job in ("0", "1"):
         mark_not_started(tmp_path / job, [f"seed={job}"])
-    calls, find_runs = [], ferlab.report.find_runs
-    monkeypatch.setattr(ferlab.report, "find_runs", lambda dirs: calls.append(dirs) or find_runs(dirs))
+    calls, find_runs = [], ferlab.search.report.find_runs
+    monkeypatch.setattr(ferlab.search.report, "find_runs", lambda dirs: calls.append(dirs) or find_runs(dirs))
     with contextlib.suppress(SweepFailed):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert calls == [[tmp_path]]

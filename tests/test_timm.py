@@ -87,10 +87,10 @@ RUN = ["model=timm", f"model.name={NAME}", "data.source.num_images=200", "data.b
 
 
 def test_timm_net_trains_evaluates_exports_and_explains(tmp_path):
-    from ferlab.evaluate import run_eval
-    from ferlab.explain import run_explain
-    from ferlab.export import run_export
-    from ferlab.train import run_train
+    from ferlab.tasks.evaluate import run_eval
+    from ferlab.tasks.explain import run_explain
+    from ferlab.tasks.export import run_export
+    from ferlab.tasks.train import run_train
 
     run_train(compose_cfg(tmp_path / "fdr", [*RUN, "debug=fdr"]))
     metrics = run_train(compose_cfg(tmp_path, [*RUN, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",

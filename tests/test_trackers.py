@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from optuna.pruners import BasePruner
 
 from ferlab.errors import Interrupted
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 
 # two epochs of two training batches and one validation batch each
 TINY = ["data.source.num_images=300", "data.batch_size=16", "model.width=8", "trainer.max_epochs=2",
@@ -136,7 +136,7 @@ def _ferlab_process(*argv: str, root: Path, log: Path, env: dict[str, str]) -> m
 
 def _expected_config(run: Path, tb_name: str | None = None) -> dict:
     """A job's `.hydra/config.yaml` resolved as the job resolved it (its run dir, its TensorBoard run name)."""
-    import ferlab.runner  # noqa: F401  (ferlab's resolvers)
+    import ferlab.config.runner  # noqa: F401  (ferlab's resolvers)
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     cfg.paths.output_dir = str(run)
@@ -238,7 +238,7 @@ def test_a_crash_marks_the_mlflow_run_failed(make_cfg):
 
 @pytest.mark.parametrize("package", ["mlflow", "wandb"])
 def test_a_tracker_without_its_package_is_one_line_naming_the_extra(make_cfg, monkeypatch, capsys, package):
-    from ferlab.runner import guarded
+    from ferlab.config.runner import guarded
 
     monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
     cfg = make_cfg(f"logger={package}")
@@ -275,7 +275,7 @@ def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensor
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
-    from ferlab.study import load_study
+    from ferlab.search.study import load_study
     from tests.test_sweeps import _tensorboard_runs
 
     log = tmp_path / "sweep.log"
@@ -378,7 +378,7 @@ def test_tensorboard_on_a_full_disk_costs_one_warning_not_the_run(tmp_path, monk
 
     from hydra.utils import instantiate
 
-    from ferlab.runner import CONF_DIR
+    from ferlab.config.runner import CONF_DIR
 
     node = OmegaConf.load(Path(CONF_DIR) / "logger" / "tensorboard.yaml").tensorboard
     board = instantiate(node, save_dir=str(tmp_path), version="")

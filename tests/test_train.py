@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ferlab.train import run_train
+from ferlab.tasks.train import run_train
 
 
 def test_fast_dev_run_on_cpu(make_cfg):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferlab.runner import CONF_DIR, compose_run
-from ferlab.searchpath import conf_root
+from ferlab.config.runner import CONF_DIR, compose_run
+from ferlab.config.searchpath import conf_root
 from tests.conftest import REPO, run_cli
 
 EXPERIMENT = "# @package _global_\ndefaults:\n  - override /model: my_resnet\n  - _self_\ntask_name: mine\nseed: 7\n"
@@ -101,7 +101,7 @@ def test_version_names_the_commit_in_a_checkout(tmp_path):
 
 @pytest.mark.parametrize("which", ["metrics", "checkpoint"])
 def test_runs_and_checkpoints_record_the_version(which, trained, ckpt):
-    from ferlab.version import version_info
+    from ferlab.runs.version import version_info
 
     stored = trained["ferlab"] if which == "metrics" else torch.load(ckpt, weights_only=True)["ferlab_version"]
     assert stored == version_info() and stored["version"]
@@ -119,7 +119,7 @@ def test_debug_smoke_builds_a_users_model_without_a_pretrained_argument(tmp_path
     that has no such argument is built without it, ferlab's own models still get it."""
     from hydra.utils import instantiate
 
-    from ferlab.train import model_config
+    from ferlab.tasks.train import model_config
 
     cfg = compose_run("train", [f"paths.root_dir={tmp_path}", "debug=smoke",
                                 f"model._target_={__name__}.NoPretrainedNet", "~model.stem", "~model.width",

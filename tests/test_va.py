@@ -173,8 +173,8 @@ def test_va_is_cached_and_batched_only_when_asked(release, tmp_path):
 
 
 def test_va_head_on_data_without_va_is_one_line(make_cfg, capsys):
-    from ferlab.runner import guarded
-    from ferlab.train import run_train
+    from ferlab.config.runner import guarded
+    from ferlab.tasks.train import run_train
 
     cfg = make_cfg("head=expr_va")  # the default synthetic FER2013 data has no valence/arousal
     with pytest.raises(SystemExit):
@@ -214,7 +214,7 @@ def test_stored_head_is_rebuilt_from_plain_values_only():
 
 def test_stored_head_and_tta_are_rebuilt_by_one_helper_with_one_wording():
     from ferlab.analysis.tta import TARGET, TestTimeAugment, stored_tta
-    from ferlab.stored import build_stored
+    from ferlab.runs.stored import build_stored
 
     assert stored_tta({"_target_": TARGET, "mode": "flip"}, "best.ckpt").mode == "flip"
     for bad, message in (({"_target_": "os.system"}, r"refused tta._target_ \('os.system' is not ferlab's test-time"),

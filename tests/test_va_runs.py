@@ -14,13 +14,13 @@ import onnx
 import pytest
 import torch
 
+from ferlab.checkpoints.restore import restore
 from ferlab.data.writers_wild import write_affectnet2021
-from ferlab.evaluate import run_eval
-from ferlab.export import run_export
 from ferlab.lit.heads import VA_METRIC_NAMES
-from ferlab.lit.restore import restore
-from ferlab.predict import run_predict
-from ferlab.train import run_train
+from ferlab.tasks.evaluate import run_eval
+from ferlab.tasks.export import run_export
+from ferlab.tasks.predict import run_predict
+from ferlab.tasks.train import run_train
 from tests.conftest import compose_cfg
 
 RUN = ["data=affectnet", "data.image_size=32", "data.batch_size=16", "model.width=8", "trainer.max_epochs=1",
@@ -49,7 +49,7 @@ def _cfg(tmp: Path, name: str, *overrides: str):
 def test_training_logs_va_metrics_in_metrics_json_tensorboard_and_report(expr_va):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ferlab.report import build_report, find_runs
+    from ferlab.search.report import build_report, find_runs
 
     run = Path(expr_va["checkpoints"]["best"]).parents[1]
     for split in ("val", "test"):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from lightning_fabric.connector import _PRECISION_INPUT
 
+from ferlab.config.validate import PRECISIONS, problems, validate
 from ferlab.errors import FerlabError
-from ferlab.train import run_train
-from ferlab.validate import PRECISIONS, problems, validate
+from ferlab.tasks.train import run_train
 from tests.conftest import run_cli
 
 BAD = [

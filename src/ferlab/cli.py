@@ -8,16 +8,16 @@ import sys
 
 # task -> (module with a `main` entry point, one-line help). Hydra tasks parse their own arguments.
 TASKS: dict[str, tuple[str, str]] = {
-    "train": ("ferlab.train", "train a model (Hydra overrides; -m for a multirun sweep)"),
-    "synth": ("ferlab.synth", "write synthetic faces in any dataset layout (FER2013/FER+ CSVs, image folders)"),
-    "report": ("ferlab.report", "one results table (markdown|csv|json, --plot) from run and sweep dirs"),
-    "predict": ("ferlab.predict", "classify the faces in photos, folders and videos (ckpt_path=... input=...)"),
-    "demo": ("ferlab.demo", "real-time webcam or video demo: faces, labels and FPS on every frame"),
-    "export": ("ferlab.export", "export a checkpoint to ONNX or TorchScript with a parity check"),
-    "eval": ("ferlab.evaluate", "per-class report and confusion matrix of a checkpoint (ckpt_path=... [split=] [tta=])"),
-    "explain": ("ferlab.explain", "saliency, Grad-CAM, filters, misclassified images, prototypes (ckpt_path=... method=...)"),
-    "align": ("ferlab.align", "aligned face crops from a folder of photos, class folders kept (input=... output=...)"),
-    "init": ("ferlab.starter", "write a starter project: your own conf/ (an experiment, local data paths) [DIR]"),
+    "train": ("ferlab.tasks.train", "train a model (Hydra overrides; -m for a multirun sweep)"),
+    "synth": ("ferlab.tasks.synth", "write synthetic faces in any dataset layout (FER2013/FER+ CSVs, image folders)"),
+    "report": ("ferlab.tasks.report", "one results table (markdown|csv|json, --plot) from run and sweep dirs"),
+    "predict": ("ferlab.tasks.predict", "classify the faces in photos, folders and videos (ckpt_path=... input=...)"),
+    "demo": ("ferlab.tasks.demo", "real-time webcam or video demo: faces, labels and FPS on every frame"),
+    "export": ("ferlab.tasks.export", "export a checkpoint to ONNX or TorchScript with a parity check"),
+    "eval": ("ferlab.tasks.evaluate", "per-class report and confusion matrix of a checkpoint (ckpt_path=... [split=] [tta=])"),
+    "explain": ("ferlab.tasks.explain", "saliency, Grad-CAM, filters, misclassified images, prototypes (ckpt_path=... method=...)"),
+    "align": ("ferlab.tasks.align", "aligned face crops from a folder of photos, class folders kept (input=... output=...)"),
+    "init": ("ferlab.tasks.starter", "write a starter project: your own conf/ (an experiment, local data paths) [DIR]"),
 }
 
 HYDRA_FLAG_CONFLICT = "Only one of --run, --multirun, --cfg, --info"
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         sys.exit(0 if argv else 2)
     if argv[0] in ("--version", "-V"):
-        from ferlab.version import version_string
+        from ferlab.runs.version import version_string
 
         print(f"ferlab {version_string()}")
         sys.exit(0)

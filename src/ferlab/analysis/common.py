@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
-from ferlab.device import resolve_device
+from ferlab.checkpoints.restore import Restored, check_classes, restore
+from ferlab.config.runner import require_checkpoint, user_model
 from ferlab.errors import FerlabError
-from ferlab.lit.restore import Restored, check_classes, restore
-from ferlab.runner import require_checkpoint, user_model
+from ferlab.runs.device import resolve_device
 
 
 @dataclass

@@ -16,11 +16,11 @@ from torch import Tensor
 
 from ferlab.analysis.common import Loaded, batched, model_space
 from ferlab.analysis.figures import Cell, figure_array, image_grid, save_png
-from ferlab.data.io import atomic_write, atomic_write_text
 from ferlab.errors import FerlabError
-from ferlab.runfiles import write_json
+from ferlab.runs.io import atomic_write, atomic_write_text
+from ferlab.runs.runfiles import write_json
 
-log = logging.getLogger("ferlab.explain")
+log = logging.getLogger("ferlab.tasks.explain")
 TARGET_WORDS = {"label": "labelled", "pred": "predicted"}  # target= option -> its words in titles
 GRAD_BATCH = 32  # images per backward pass of saliency / Grad-CAM
 PROTOTYPE_CHUNK = 4096  # train images embedded per step of the prototype means

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ferlab.data.io import atomic_write
+from ferlab.runs.io import atomic_write
 
 
 def new_figure(width: float, height: float, constrained: bool = True) -> Any:

@@ -19,9 +19,9 @@ from ferlab.analysis.common import batched, is_validation, split_sets
 from ferlab.analysis.metrics import classification_report, flat_metrics
 from ferlab.analysis.tta import TestTimeAugment
 from ferlab.analysis.va import has_va, predict_head, va_figure, va_flat_metrics, va_markdown, va_report
-from ferlab.data.io import atomic_write_text
 from ferlab.lit.heads import Head
-from ferlab.runfiles import write_json
+from ferlab.runs.io import atomic_write_text
+from ferlab.runs.runfiles import write_json
 
 log = logging.getLogger("ferlab.eval")
 FILES = ("report.json", "report.md", "confusion_matrix.png", "va_histogram.png")

@@ -89,7 +89,7 @@ TARGET = f"{TestTimeAugment.__module__}.{TestTimeAugment.__qualname__}"
 def stored_tta(config: Any, where: str) -> TestTimeAugment:
     """The test-time augmentation a checkpoint's run was tested with (its stored `tta`, none when it has none).
     A stored config is data: only ferlab's TestTimeAugment with plain values is built from it."""
-    from ferlab.stored import build_stored
+    from ferlab.runs.stored import build_stored
 
     if not config:
         return TestTimeAugment("none")

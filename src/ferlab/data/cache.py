@@ -32,8 +32,8 @@ from typing import BinaryIO
 import numpy as np
 
 from ferlab.data import store
-from ferlab.data.io import atomic_write
 from ferlab.data.sources.base import FERData, Source
+from ferlab.runs.io import atomic_write
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3
@@ -261,8 +261,8 @@ def _lock_file(path: Path) -> BinaryIO:
     try:
         return open(path, "a+b")
     except OSError as e:
-        from ferlab.data.io import disk_full
         from ferlab.errors import DiskFull
+        from ferlab.runs.io import disk_full
 
         if disk_full(e, path.parent):
             raise DiskFull(f"no space left on device creating the cache lock {path}") from None

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ferlab.data.augment import BatchAugment, random_crop
+from ferlab.data.balance import inverse_frequency_weights
 from ferlab.data.cache import load_or_build
 from ferlab.data.clean import Cleaning, clean_train
 from ferlab.data.imageset import ImageSet
@@ -290,8 +291,6 @@ class FERDataModule(pl.LightningDataModule):
 
     def class_weights(self, power: float = 1.0) -> Tensor:
         """(K,) inverse-frequency weights from the train split: the ones `loss=weighted_ce` uses."""
-        from ferlab.lit.losses import inverse_frequency_weights
-
         return inverse_frequency_weights(self.class_counts, power)
 
     def _eval_set(self, prefix: str) -> tuple[ImageSet, Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ferlab.errors import DataNotFound, FerlabError
-from ferlab.stored import check_plain, refused, target_and_kwargs
+from ferlab.runs.stored import check_plain, refused, target_and_kwargs
 
 DATAMODULE = "ferlab.data.datamodule.FERDataModule"
 CLEANING = "ferlab.data.clean.Cleaning"

@@ -5,7 +5,7 @@ saves it under "combined_loader") and loads it back when it resumes a checkpoint
 epoch's iterator starts. Without it a resumed epoch draws a new order and trains its first batches again.
 
 Each epoch's order comes from a seed drawn from torch's global RNG when the epoch's first batch is fetched, as
-RandomSampler does, so a resume at an epoch boundary (RNG restored by `ferlab.lit.resilience.RngState`) draws the
+RandomSampler does, so a resume at an epoch boundary (RNG restored by `ferlab.checkpoints.resilience.RngState`) draws the
 same orders. The loader's state is that seed and the number of batches taken; a restored loader replays the order
 from the seed and leaves the taken indices out, without reading them. Worker seeds follow the epoch's seed too
 (the loader's own generator), so creating the resumed iterator draws nothing from the global RNG: the batches after

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.io import current_umask
 from ferlab.errors import DiskFull
+from ferlab.runs.io import current_umask
 
 DIGEST_BYTES = 16
 COPY_BYTES = 16 << 20  # rows moved or hashed per step of a chunked pass over a staged file

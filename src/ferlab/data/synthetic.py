@@ -261,8 +261,8 @@ def make_dataset(spec: SynthSpec, cover_classes: bool = False) -> tuple[np.ndarr
 
 def write_fer2013_csv(path: str | Path, images: np.ndarray, labels: np.ndarray, usage: np.ndarray) -> Path:
     """Write Kaggle's `emotion,pixels,Usage` CSV atomically (temp file, then rename)."""
-    from ferlab.data.io import atomic_write_text
     from ferlab.data.pixels import format_pixel_rows
+    from ferlab.runs.io import atomic_write_text
 
     rows = format_pixel_rows(images)
     lines = ["emotion,pixels,Usage"] + [f"{y},{p},{u}" for y, p, u in zip(labels.tolist(), rows, usage.tolist(), strict=False)]

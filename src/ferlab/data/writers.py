@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ferlab.data.io import atomic_write_text
 from ferlab.data.pixels import format_pixel_rows
 from ferlab.data.synthetic import render
 from ferlab.labels import FER5, FER2013, FERPLUS
+from ferlab.runs.io import atomic_write_text
 
 # FER2013 label id -> FER+ vote column (neutral, happiness, surprise, sadness, anger, disgust, fear, contempt)
 FER2013_TO_FERPLUS = np.array([FERPLUS.index(n) for n in ("anger", "disgust", "fear", "happiness", "sadness",

@@ -1,7 +1,7 @@
 """Where the network runs (`backend=torch|torchscript|onnx`): normalized float32 (N, C, S, S) in, logits out.
 
 `load_model` returns a backend with the model's `InputSpec` and class names. The PyTorch backend rebuilds
-the network from a checkpoint (`ferlab.lit.restore`); TorchScript and ONNX files written by `ferlab export`
+the network from a checkpoint (`ferlab.checkpoints.restore`); TorchScript and ONNX files written by `ferlab export`
 carry the same facts as metadata, so they run without the checkpoint or ferlab's model code.
 """
 
@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ferlab.device import resolve_device
+from ferlab.config.runner import require_checkpoint
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
 from ferlab.infer.preprocessing import check_record
 from ferlab.lit.heads import Head, classes_head, stored_head
-from ferlab.runner import require_checkpoint
-from ferlab.stored import check_plain, plain_list, refused
+from ferlab.runs.device import resolve_device
+from ferlab.runs.stored import check_plain, plain_list, refused
 from ferlab.weights import is_builtin
 
 METADATA_KEY = "ferlab"  # ONNX metadata_props key / TorchScript extra file holding `model_metadata()`
@@ -109,7 +109,7 @@ def load_torch(path: Path, color: str, device: str, threads: int = 0, model: Map
     """
     import torch
 
-    from ferlab.lit.restore import restore
+    from ferlab.checkpoints.restore import restore
 
     if threads:
         torch.set_num_threads(threads)

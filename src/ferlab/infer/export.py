@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ferlab.data.io import atomic_write
 from ferlab.errors import FerlabError
 from ferlab.infer.backends import METADATA_KEY, model_metadata, onnx_session
 from ferlab.lit.user_errors import error_line
+from ferlab.runs.io import atomic_write
 
 FORMATS = ("onnx", "torchscript")
-log = logging.getLogger("ferlab.export")
+log = logging.getLogger("ferlab.tasks.export")
 
 
 @dataclass

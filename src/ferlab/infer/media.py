@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ferlab.data.io import atomic_path
 from ferlab.errors import FerlabError
+from ferlab.runs.io import atomic_path
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferlab.data.io import atomic_write
 from ferlab.errors import FerlabError
+from ferlab.runs.io import atomic_write
 
 # per network: (conv out channels, kernel, max-pool (kernel, stride) after it or None), dense width, head widths
 STAGES = {

@@ -27,7 +27,7 @@ from ferlab.infer.media import (
 from ferlab.infer.predictor import Predictor
 from ferlab.infer.records import PredictionLog
 
-log = logging.getLogger("ferlab.predict")
+log = logging.getLogger("ferlab.tasks.predict")
 
 
 @dataclass
@@ -63,7 +63,7 @@ def predict_image(job: Job, path: Path, rel: Path) -> None:
     limit is skipped (recorded with the reason) without being decoded."""
     import cv2
 
-    from ferlab.data.io import atomic_write
+    from ferlab.runs.io import atomic_write
 
     too_large = over_pixel_limit(path, job.max_pixels)
     if too_large:

@@ -76,7 +76,7 @@ def output_paths(item: Item, count: int, faces: str) -> list[Path]:
 def _write(path: Path, image: np.ndarray, quality: int) -> None:
     import cv2
 
-    from ferlab.data.io import atomic_write
+    from ferlab.runs.io import atomic_write
 
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
     ok, data = cv2.imencode(path.suffix.lower(), image, params)

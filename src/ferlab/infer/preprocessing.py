@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ferlab.errors import FerlabError
-from ferlab.stored import check_plain, refused
+from ferlab.runs.stored import check_plain, refused
 
 KEY = "ferlab_preprocessing"
 SCHEMA = 1

@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ferlab.data.io import atomic_write_text
 from ferlab.infer.predictor import Face
-from ferlab.runfiles import write_json
+from ferlab.runs.io import atomic_write_text
+from ferlab.runs.runfiles import write_json
 
 OUTPUT_FILES = ("predictions.csv", "predictions.json")
 

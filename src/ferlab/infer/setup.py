@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ferlab.runner import user_model
+from ferlab.config.runner import user_model
 from ferlab.weights import describe
 
 SYNTHETIC_NOTE = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -10,7 +11,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ferlab.analysis.tta import TestTimeAugment
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
 from ferlab.infer.preprocessing import training_record
@@ -19,7 +19,10 @@ from ferlab.lit.heads import Head
 from ferlab.lit.multitask import MultiTask
 from ferlab.methods.base import Method, MethodNet
 from ferlab.methods.plain import Plain
-from ferlab.version import version_info
+from ferlab.runs.version import version_info
+
+if TYPE_CHECKING:  # a type only: analysis/ sits above lit/ (tests/test_layout.py)
+    from ferlab.analysis.tta import TestTimeAugment
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -82,7 +85,7 @@ class Classifier(pl.LightningModule):
         self.tta = tta if tta is not None and tta.mode != "none" else None
         self.train_metrics = MulticlassAccuracy(num_classes, average="micro")
         # a torchmetrics mean rather than Lightning's own epoch mean: its partial state is saved with a checkpoint
-        # written mid-epoch (ferlab.lit.resilience.EpochState), so a resumed epoch averages all its batches
+        # written mid-epoch (ferlab.checkpoints.resilience.EpochState), so a resumed epoch averages all its batches
         self.train_loss = MeanMetric()
         self.val_metrics = _metrics(num_classes, "val")
         self.test_prefixes = list(test_prefixes)

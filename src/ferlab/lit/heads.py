@@ -8,7 +8,7 @@ on the CCC loss alone can drift far outside them) or the outputs themselves (`li
 AffectNet's own baseline). The network's outputs stay raw (an exported file's too): `split` applies the
 activation, and exported metadata names it.
 
-A checkpoint's stored `head` is data (`ferlab.stored`): `stored_head` rebuilds it from plain values only.
+A checkpoint's stored `head` is data (`ferlab.runs.stored`): `stored_head` rebuilds it from plain values only.
 No torch import here: exported-model readers use it with numpy arrays.
 """
 
@@ -99,7 +99,7 @@ def classes_head(num_classes: int) -> Head:
 def stored_head(config: Any, num_classes: int, where: str) -> Head:
     """The head a stored run config (or exported metadata) describes, built from plain values only; a config
     without one is a plain classifier of `num_classes`."""
-    from ferlab.stored import build_stored
+    from ferlab.runs.stored import build_stored
 
     if not config:
         return classes_head(num_classes)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ferlab.data.balance import inverse_frequency_weights
+
 
 def as_distribution(target: Tensor, num_classes: int) -> Tensor:
     """(B,) class ids or (B, K) non-negative scores -> (B, K) float rows summing to 1.
@@ -68,15 +70,6 @@ class OffTargetSmoothingCE(nn.Module):
         q = as_distribution(target, k)
         smoothed = (1.0 - self.smoothing) * q + self.smoothing * (1.0 - q) / (k - 1)
         return soft_cross_entropy(logits, smoothed)
-
-
-def inverse_frequency_weights(counts: Tensor, power: float = 1.0) -> Tensor:
-    """(K,) float weights (N / (K_present n_c)) ** power from per-class image counts; an empty class gets 0."""
-    counts = torch.as_tensor(counts, dtype=torch.double)
-    present = counts > 0
-    weight = torch.zeros_like(counts)
-    weight[present] = (counts.sum() / (present.sum() * counts[present])) ** power
-    return weight.float()
 
 
 class ClassWeightedCE(nn.Module):

@@ -69,7 +69,7 @@ def require_packages(cfg: DictConfig) -> None:
 
 def logger_options(argv: list[str]) -> list[str]:
     """The `logger=` options: ferlab's conf/logger/*.yaml and those of the user's config folders."""
-    from ferlab.searchpath import _flag_value, _searchpath_dirs, conf_root, default_user_dir
+    from ferlab.config.searchpath import _flag_value, _searchpath_dirs, conf_root, default_user_dir
 
     given = _flag_value(argv)
     folders = [conf_root(), *([Path(given)] if given else [p for p in [default_user_dir()] if p])]
@@ -139,8 +139,8 @@ def _multirun() -> Any:
 
 
 def run_name(run_dir: Path) -> str:
-    """TensorBoard's name for the run: the swept overrides in a sweep (ferlab.tbname), else the run dir's name."""
-    from ferlab.tbname import sweep_run_name
+    """TensorBoard's name for the run: the swept overrides in a sweep (ferlab.search.tbname), else the run dir's name."""
+    from ferlab.search.tbname import sweep_run_name
 
     name = sweep_run_name()
     if name:
@@ -158,7 +158,7 @@ def trial() -> tuple[int, str] | None:
     """(number, study name) of the Optuna trial this job runs, None when it is not one."""
     import os
 
-    from ferlab.trial import TRIAL_ENV
+    from ferlab.search.trial import TRIAL_ENV
 
     number, hydra = os.environ.get(TRIAL_ENV), _multirun()
     if number is None or hydra is None:
@@ -169,7 +169,7 @@ def trial() -> tuple[int, str] | None:
 def run_tags(run_dir: Path, labels: Any = ()) -> dict[str, str]:
     """Tags of a tracker run: its run dir, sweep folder and job, the ferlab version and git commit, the config's
     `tags`, and the Optuna trial it runs."""
-    from ferlab.version import version_info
+    from ferlab.runs.version import version_info
 
     info = version_info()
     tags = {"ferlab.run_dir": str(Path(run_dir).resolve()), "ferlab.version": str(info["version"])}
@@ -222,7 +222,7 @@ def stored_run(run_dir: Path, kind: str) -> dict[str, Any] | None:
 
 def store_run(run_dir: Path, kind: str, entry: dict[str, Any]) -> None:
     """Record the `kind` tracker run of this run dir in trackers.json (written atomically, other kinds kept)."""
-    from ferlab.runfiles import write_json
+    from ferlab.runs.runfiles import write_json
 
     path = Path(run_dir) / STORE
     try:
@@ -247,7 +247,7 @@ class Outcome:
 
 
 def _finished(cfg: DictConfig, metrics: dict[str, Any]) -> Outcome:
-    from ferlab.trial import objective_value
+    from ferlab.search.trial import objective_value
 
     state = None
     if trial() is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
 
 from ferlab import trackers
-from ferlab.data.io import disk_full
+from ferlab.runs.io import disk_full
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):

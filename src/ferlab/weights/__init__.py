@@ -5,7 +5,7 @@
 |---|---|---|---|
 | fer2013_mini_xception | mini-Xception (Arriaga et al. 2017), 64x64 gray | FER2013, by oarriaga/face_classification | MIT (NOTICE) |
 
-Light on purpose (no torch): `ferlab.runner.require_checkpoint` uses it before any heavy import.
+Light on purpose (no torch): `ferlab.config.runner.require_checkpoint` uses it before any heavy import.
 """
 
 from __future__ import annotations

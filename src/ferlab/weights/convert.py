@@ -29,7 +29,7 @@ def stored_config(data: str, model_kwargs: dict[str, Any], size: int, in_chans: 
     """The `model` and `data` sections (and seed) `ferlab train` would store, composed from ferlab's own configs."""
     from omegaconf import OmegaConf
 
-    from ferlab.runner import compose_run
+    from ferlab.config.runner import compose_run
 
     overrides = ["paths.root_dir=.", "model=mini_xception", f"data={data}", f"data.image_size={size}",
                  f"data.in_chans={in_chans}", f"data.mean={MEAN}", f"data.std={STD}",
@@ -50,7 +50,7 @@ def keras_checkpoint(h5_path: str | Path, data: str = "fer2013", margin: float =
     from ferlab.models.keras_h5 import mini_xception_weights, read_keras_h5
     from ferlab.models.pretrained import load_weights
     from ferlab.models.registry import get_builder
-    from ferlab.version import version_info
+    from ferlab.runs.version import version_info
 
     keras = read_keras_h5(h5_path)
     state, kwargs = mini_xception_weights(keras)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = keras_checkpoint(args.hdf5, args.data, args.margin, args.note)
         import torch
 
-        from ferlab.data.io import atomic_write
+        from ferlab.runs.io import atomic_write
 
         atomic_write(args.out, lambda tmp: torch.save(checkpoint, tmp))
     except FerlabError as e:

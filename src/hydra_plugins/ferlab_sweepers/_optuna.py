@@ -36,8 +36,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
 from ferlab.errors import FerlabError, Preempted, stop_status
-from ferlab.study import absolute_url, make_pruner, open_storage, safe_url, state_counts
-from ferlab.trial import RUN_ATTR, TRIAL_ENV, Pruned
+from ferlab.search.study import absolute_url, make_pruner, open_storage, safe_url, state_counts
+from ferlab.search.trial import RUN_ATTR, TRIAL_ENV, Pruned
 from hydra_plugins.ferlab_sweepers._space import grid_choices, parse_space, trial_overrides
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _samplers(sweeper: Any, space: dict[str, BaseDistribution]) -> tuple[Callabl
 def _continued(trial: Trial) -> Path | None:
     """The run dir a retried trial continues: its original's, when a stop (Ctrl-C, a signal, a lost worker) left a
     last.ckpt there. Optuna gives a retry a new number; its run goes on in the same dir from the saved step."""
-    from ferlab.runfiles import LAST
+    from ferlab.runs.runfiles import LAST
 
     origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")  # set by Optuna's retry
     run = (trial.user_attrs.get(RUN_ATTR) or {}).get("dir")  # the original's, copied into its retry
@@ -177,7 +177,7 @@ def _launch(launcher: Any, trials: list[Trial], overrides: list[list[str]]) -> l
 def _run_info(ret: JobReturn, recorded: dict | None = None) -> dict[str, Any]:
     """What the study keeps about a trial's run: dir (the one `_configure` recorded, else the job's), host,
     headline metrics (metrics.json) or error."""
-    from ferlab.runfiles import headline_metrics, read_metrics
+    from ferlab.runs.runfiles import headline_metrics, read_metrics
 
     info: dict[str, Any] = {"host": socket.gethostname()}
     if ret.hydra_cfg is not None or (recorded or {}).get("dir"):
@@ -232,7 +232,7 @@ def _tell(study: optuna.Study, trial: Trial, ret: JobReturn, n_objectives: int) 
         _record(study, trial, info, state=TrialState.FAIL)
         log.error("trial %d failed: %s", trial.number, e)
         if ret.status != JobStatus.FAILED and ret.hydra_cfg is not None:  # it ran, but gave nothing to optimize
-            from ferlab.runfiles import write_failed
+            from ferlab.runs.runfiles import write_failed
 
             write_failed(Path(ret.hydra_cfg.hydra.runtime.output_dir), e)
         return
@@ -270,7 +270,7 @@ def _save_results(sweep_dir: Path, study: optuna.Study, url: str, directions: li
         log.info("Best value: %s (trial %d)", best.value, best.number)
     else:
         results["solutions"] = [{"params": t.params, "values": t.values} for t in study.best_trials]
-    from ferlab.data.io import atomic_write_text
+    from ferlab.runs.io import atomic_write_text
 
     atomic_write_text(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
 
@@ -332,7 +332,7 @@ class _Search:
                  self.study.study_name, safe_url(self.url), counted, self.n_trials,
                  ", ".join(f"{n} {s}" for s, n in states.items()) or "new", self.settings["n_jobs"])
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        # the command line, as the grid saves it: TensorBoard names each trial by its searched keys (ferlab.tbname)
+        # the command line, as the grid saves it: TensorBoard names each trial by its searched keys (ferlab.search.tbname)
         OmegaConf.save(self.sweeper.config, self.sweep_dir / "multirun.yaml")
         while True:
             with warnings.catch_warnings():

@@ -2,7 +2,7 @@
 
 Hydra's basic sweeper raises the first failure once a batch is done, and its Optuna sweeper aborts the search
 at the first failed trial. Here every job runs; failed jobs leave `failed.json` in their run dir, Optuna
-records them as failed trials and goes on, and `ferlab.sweep.SweepSummary` (a Hydra callback) lists them
+records them as failed trials and goes on, and `ferlab.search.sweep.SweepSummary` (a Hydra callback) lists them
 at the end and makes the exit status non-zero. A job stopped by a signal (Ctrl-C, SIGTERM) stops the grid: no
 further job starts, each one left is marked not started in its run dir, and the summary says how to continue.
 """
@@ -98,7 +98,7 @@ class FerlabSweeper(BasicSweeper):
 
     def _mark_not_started(self, jobs: list[Sequence[str]], first_idx: int) -> None:
         """Mark each job without a run dir yet as not started, in the run dir Hydra would give it."""
-        from ferlab.sweep import mark_not_started
+        from ferlab.search.sweep import mark_not_started
 
         for idx, overrides in enumerate(jobs, start=first_idx):
             job_dir = self._job_dir(overrides, idx)

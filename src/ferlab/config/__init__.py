@@ -1,0 +1,1 @@
+"""Config composition: resolvers and `compose_run`, user config folders (the search path), the rule table."""

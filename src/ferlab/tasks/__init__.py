@@ -1,0 +1,1 @@
+"""One module per `ferlab` command (`cli.TASKS`): a Hydra entry calling a plain `run_*(cfg)`; heavy imports inside."""
