@@ -193,3 +193,12 @@ def test_affectnet_release_csv_landmarks(tmp_path):
     csv_path.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
     with pytest.raises(FerlabError, match=f"{csv_path}:2 \\(facial_landmarks\\): expected 68 landmarks"):
         affectnet_items(root)
+
+
+def test_the_record_names_exactly_the_detectors_and_templates_infer_can_rebuild():
+    """The record (ferlab.data.preprocessing) is checked without importing OpenCV: its names must be infer's."""
+    from ferlab.data.preprocessing import DETECTORS, TEMPLATES
+    from ferlab.infer.align import TEMPLATES as ALIGN_TEMPLATES
+    from ferlab.infer.preprocessing import detector_classes
+
+    assert DETECTORS == tuple(detector_classes()) and TEMPLATES == tuple(ALIGN_TEMPLATES)

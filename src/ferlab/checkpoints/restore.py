@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ferlab.checkpoints.ckpt_file import load_checkpoint, net_weights
+from ferlab.data.preprocessing import KEY as PREPROCESSING_KEY
+from ferlab.data.preprocessing import check_record
 from ferlab.data.rebuild import check_stored_data
 from ferlab.errors import FerlabError
-from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
-from ferlab.infer.preprocessing import check_record
 from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.lit.user_errors import error_line
 from ferlab.models.registry import builder_for_target

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ferlab.config.runner import require_checkpoint
+from ferlab.data.preprocessing import check_record
 from ferlab.errors import FerlabError
 from ferlab.infer.preprocess import InputSpec
-from ferlab.infer.preprocessing import check_record
 from ferlab.lit.heads import Head, classes_head, stored_head
 from ferlab.runs.device import resolve_device
 from ferlab.runs.stored import check_plain, plain_list, refused

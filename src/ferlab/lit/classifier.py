@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ferlab.data.preprocessing import KEY as PREPROCESSING_KEY
+from ferlab.data.preprocessing import training_record
 from ferlab.errors import FerlabError
-from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
-from ferlab.infer.preprocessing import training_record
 from ferlab.lit.finetune import build_optimizer, in_backbone
 from ferlab.lit.heads import Head
 from ferlab.lit.multitask import MultiTask

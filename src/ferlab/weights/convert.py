@@ -45,8 +45,8 @@ def keras_checkpoint(h5_path: str | Path, data: str = "fer2013", margin: float =
     """A ferlab checkpoint (a plain dict of tensors and plain values) of a Keras mini_XCEPTION file."""
     import torch
 
-    from ferlab.infer.preprocessing import KEY as PREPROCESSING_KEY
-    from ferlab.infer.preprocessing import face_record, make_record
+    from ferlab.data.preprocessing import KEY as PREPROCESSING_KEY
+    from ferlab.data.preprocessing import face_record, make_record
     from ferlab.models.keras_h5 import mini_xception_weights, read_keras_h5
     from ferlab.models.pretrained import load_weights
     from ferlab.models.registry import get_builder

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ferlab.data.images import DEFAULT_MAX_PIXELS, decode_images, is_image_file
+from ferlab.data.preprocessing import align_manifest
 from ferlab.data.sources.base import (
     BAD_SAMPLE_POLICIES,
     SPLITS,
@@ -25,7 +26,6 @@ from ferlab.data.sources.base import (
 )
 from ferlab.data.sources.registry import register_source
 from ferlab.errors import FerlabError
-from ferlab.infer.preprocessing import align_manifest
 
 log = logging.getLogger(__name__)
 
