@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import itertools
+import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,13 +75,128 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m ferlab ...` in a subprocess, the way a user runs it."""
-    full_env = {**os.environ, "FERLAB_ROOT": str(cwd), **(env or {})}
+def default_signals() -> None:
+    """preexec_fn of every child process a test starts: SIGINT and SIGTERM at their defaults and unblocked, as in a
+    command typed at a terminal, whatever the suite inherited (`nohup make test &`, a script's background job and
+    some CI runners start it with SIGINT ignored, and a child inherits that: the Ctrl-C a test sends would do
+    nothing)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _cli_env(cwd: Path, env: dict | None) -> dict[str, str]:
+    """A child's environment: this one less FERLAB_RUN_ID, FERLAB_ROOT=cwd, one torch thread (two children of a test,
+    or two xdist workers, on a 2-core machine must not fight over OpenMP threads), then `env`."""
+    full_env = {**os.environ, "FERLAB_ROOT": str(cwd), "OMP_NUM_THREADS": "1"}
     full_env.pop("FERLAB_RUN_ID", None)
-    return subprocess.run(
-        [sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+    return {**full_env, **(env or {})}
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m ferlab ...` in a new interpreter, the way a user runs it from a terminal (tests of the
+    command's own contract: entry point, imports, output; for what a run does, `ferlab_cli` is 5-10x cheaper)."""
+    return subprocess.run([sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=_cli_env(cwd, env), preexec_fn=default_signals)
+
+
+# What a forked `ferlab` process (ferlab_cli) finds imported already: a new interpreter spends ~4 s of CPU on these
+# (9 s on a busy machine), more than a smoke run's training.
+CLI_PRELOAD = ["torch", "pytorch_lightning", "hydra", "optuna", "ferlab.cli", "ferlab.train", "ferlab.runner",
+               "ferlab.sweep", "ferlab.lit.classifier", "ferlab.data.datamodule", "ferlab.models.resnet",
+               "hydra_plugins.ferlab_sweepers._optuna"]
+
+
+def _cli_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """`ferlab <argv>` in a process forked from the preloaded server, set up as a terminal starts a command: its
+    own session (so killpg reaches what it starts), default SIGINT/SIGTERM, `env`, `cwd`, stdout/stderr to files.
+    Exits as the interpreter would: SystemExit's code, 1 after an uncaught exception's traceback, and killed by
+    SIGINT after an uncaught KeyboardInterrupt."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a new interpreter installs
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    import torch
+
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS") or 1))
+    code, interrupted = 0, False
+    try:
+        from ferlab.cli import main
+
+        main(list(argv))
+    except SystemExit as stop:
+        if isinstance(stop.code, int) or stop.code is None:
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:  # noqa: BLE001  (the interpreter's own last resort)
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
+
+
+class ForkedCli:
+    """A running forked `ferlab` process, with the parts of subprocess.Popen the tests use."""
+
+    def __init__(self, proc: mp.Process, args: list[str], out: Path, err: Path) -> None:
+        self.proc, self.args, self.out, self.err = proc, args, out, err
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.exitcode
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (-N: killed by signal N); after `timeout` s the process group is killed and
+        subprocess.TimeoutExpired raised."""
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.join()
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.proc.exitcode
+
+    def result(self, timeout: float | None = None) -> subprocess.CompletedProcess:
+        code = self.wait(timeout)
+        out, err = (p.read_text() if p.exists() else "" for p in (self.out, self.err))
+        return subprocess.CompletedProcess(self.args, code, out, err)
+
+
+@pytest.fixture(scope="session")
+def ferlab_cli(tmp_path_factory) -> Callable[..., ForkedCli]:
+    """start(*args, cwd=, env=None) -> ForkedCli: `ferlab <args>` as run_cli runs it (same environment, exit
+    status, stdout and stderr), forked from a server that has torch, Lightning, Hydra and ferlab imported, so a
+    small run costs ~1 s instead of ~5-10. `start(...).result(timeout)` is run_cli's CompletedProcess."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(CLI_PRELOAD)
+    logs, numbers = tmp_path_factory.mktemp("ferlab_cli"), itertools.count()
+
+    def start(*args: str, cwd: Path, env: dict | None = None) -> ForkedCli:
+        n = next(numbers)
+        out, err = logs / f"{n}.out", logs / f"{n}.err"
+        proc = ctx.Process(target=_cli_child, args=(list(args), str(cwd), _cli_env(cwd, env), str(out), str(err)))
+        proc.start()
+        return ForkedCli(proc, ["ferlab", *args], out, err)
+
+    return start
 
 
 @pytest.fixture(autouse=True, scope="session")
