@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,8 @@ def child(quick: bool) -> dict[str, float]:
 
 def _run_child(env: dict[str, str], threads: int, quick: bool) -> dict:
     path = os.pathsep.join([str(REPO), str(REPO / "src")])  # tests.*, and this checkout's ferlab
-    full = {**os.environ, **env, "LEARNING_MARGINS_THREADS": str(threads), "PYTHONPATH": path}
+    full = {**os.environ, **env, "LEARNING_MARGINS_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+            "PYTHONPATH": path}
     full.pop("FERLAB_RUN_ID", None)
     args = [sys.executable, "-m", "benchmarks.learning_margins", "--child", *(["--quick"] if quick else [])]
     r = subprocess.run(args, cwd=REPO, env=full, capture_output=True, text=True, timeout=3600)
@@ -131,6 +133,18 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _native() -> str:
+    """This CPU's own ATen capability (what torch picks with no ATEN_CPU_CAPABILITY) and its x86 vector flags."""
+    import torch
+
+    flags = set()
+    if Path("/proc/cpuinfo").exists():
+        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+        flags = {f for f in line.split() if f.startswith(("avx", "fma", "sse4", "amx"))}
+    name = platform.processor() or platform.machine()
+    return f"{torch.backends.cpu.get_cpu_capability()} ({name}; flags: {' '.join(sorted(flags)) or 'n/a'})"
+
+
 def main(quick: bool = False) -> str:
     """Run every setting, then the table: each figure's range over the settings and its worst margin."""
     rows, results = [], []
@@ -145,8 +159,9 @@ def main(quick: bool = False) -> str:
     detail = [[label, threads, *(_fmt(r.get(k, "")) for k in detail_keys)] for label, threads, r in results]
     return "\n\n".join([
         "# Learning tests under every CPU kernel set",
-        f"Machine: {machine()}; native ATen capability of this CPU: {results[0][2]['capability'] if results else '?'} "
-        f"(the highest listed below). {len(results)} settings, each a fresh process.",
+        f"Machine: {machine()}; native ATen capability of this CPU: {_native()}, the highest setting below "
+        f"(a capability the CPU lacks cannot be run here). {len(results)} settings, each a fresh process with "
+        "OMP_NUM_THREADS and torch's intra-op threads set to the thread count.",
         "Margin: how many times the worst setting's figure clears the threshold (the ratio, or for accuracy "
         "figure / threshold); the SGD-step drop is counted in float32 ulps of the loss. Every margin > 1 passes.",
         table(["test", "asserts", "min", "max", "worst margin"], rows, right=(2, 3, 4)),

@@ -75,16 +75,6 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def default_signals() -> None:
-    """preexec_fn of every child process a test starts: SIGINT and SIGTERM at their defaults and unblocked, as in a
-    command typed at a terminal, whatever the suite inherited (`nohup make test &`, a script's background job and
-    some CI runners start it with SIGINT ignored, and a child inherits that: the Ctrl-C a test sends would do
-    nothing)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 def _cli_env(cwd: Path, env: dict | None) -> dict[str, str]:
     """A child's environment: this one less FERLAB_RUN_ID, FERLAB_ROOT=cwd, one torch thread (two children of a test,
     or two xdist workers, on a 2-core machine must not fight over OpenMP threads), then `env`."""
@@ -97,14 +87,27 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     """Run `python -m ferlab ...` in a new interpreter, the way a user runs it from a terminal (tests of the
     command's own contract: entry point, imports, output; for what a run does, `ferlab_cli` is 5-10x cheaper)."""
     return subprocess.run([sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=_cli_env(cwd, env), preexec_fn=default_signals)
+                          timeout=timeout, env=_cli_env(cwd, env))
 
 
-# What a forked `ferlab` process (ferlab_cli) finds imported already: a new interpreter spends ~4 s of CPU on these
-# (9 s on a busy machine), more than a smoke run's training.
-CLI_PRELOAD = ["torch", "pytorch_lightning", "hydra", "optuna", "ferlab.cli", "ferlab.train", "ferlab.runner",
-               "ferlab.sweep", "ferlab.lit.classifier", "ferlab.data.datamodule", "ferlab.models.resnet",
-               "hydra_plugins.ferlab_sweepers._optuna"]
+# What a process forked from the suite's forkserver (ferlab_cli here, tests/test_resume.py, tests/test_trackers.py)
+# finds imported already: a new interpreter spends ~4 s of CPU on these (9 s on a busy machine), more than a smoke
+# run's training. One list: the server is started once per test process (each xdist worker has its own), by
+# whichever of them comes first.
+FORKSERVER_PRELOAD = ["torch", "pytorch_lightning", "hydra", "optuna", "ferlab.cli", "ferlab.train", "ferlab.runner",
+                      "ferlab.sweep", "ferlab.lit.classifier", "ferlab.lit.resilience", "ferlab.data.datamodule",
+                      "ferlab.models.resnet", "hydra_plugins.ferlab_sweepers._optuna", "mlflow", "wandb",
+                      "tests.test_resume"]
+
+
+def forkserver() -> mp.context.BaseContext:
+    """multiprocessing's forkserver context, its server running with FORKSERVER_PRELOAD imported."""
+    from multiprocessing import forkserver as server
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    server.ensure_running()
+    return ctx
 
 
 def _cli_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
@@ -185,8 +188,7 @@ def ferlab_cli(tmp_path_factory) -> Callable[..., ForkedCli]:
     """start(*args, cwd=, env=None) -> ForkedCli: `ferlab <args>` as run_cli runs it (same environment, exit
     status, stdout and stderr), forked from a server that has torch, Lightning, Hydra and ferlab imported, so a
     small run costs ~1 s instead of ~5-10. `start(...).result(timeout)` is run_cli's CompletedProcess."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(CLI_PRELOAD)
+    ctx = forkserver()
     logs, numbers = tmp_path_factory.mktemp("ferlab_cli"), itertools.count()
 
     def start(*args: str, cwd: Path, env: dict | None = None) -> ForkedCli:
@@ -197,6 +199,33 @@ def ferlab_cli(tmp_path_factory) -> Callable[..., ForkedCli]:
         return ForkedCli(proc, ["ferlab", *args], out, err)
 
     return start
+
+
+# Modules whose tests train, spawn processes or build full-size networks (seconds each); `make test-fast`
+# (`pytest -m "not slow"`) leaves them out, with every test using a fixture of SLOW_FIXTURES and the tests marked
+# @pytest.mark.slow in the other modules.
+SLOW_MODULES = {
+    "test_align", "test_checkpoint_errors", "test_cli", "test_cross_dataset", "test_data_cache", "test_ddp",
+    "test_demo", "test_detect", "test_determinism", "test_eval", "test_experiments", "test_explain", "test_export",
+    "test_face_backbones", "test_finetune", "test_hostile_checkpoints", "test_init_from", "test_methods",
+    "test_mini_xception", "test_nan_guard", "test_package", "test_predict", "test_pretrained", "test_restore",
+    "test_resume", "test_resume_boundary", "test_search", "test_sweeps", "test_timm", "test_trackers", "test_train",
+    "test_user_configs", "test_va_runs", "test_validate",
+}
+SLOW_FIXTURES = {"trained", "ckpt", "ferlab_cli"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark `slow` what SLOW_MODULES and SLOW_FIXTURES name."""
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (make test): one worker per core, at most 4. Each worker holds torch, a forkserver and the session
+    fixtures (~1.5 GB); beyond 4 the few long tests (a sweep, the experiments' smoke multirun) bound the wall time."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO, default_signals, run_cli
+from tests.conftest import REPO, run_cli
 
 TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0",
@@ -105,8 +105,8 @@ def test_default_train_output_has_no_lightning_tip_and_no_flops_column(tmp_path)
 def test_two_runs_started_together_get_different_dirs(tmp_path):
     args = [sys.executable, "-m", "ferlab", "train", *TINY]
     env = {"FERLAB_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              preexec_fn=default_signals) for _ in range(2)]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())

@@ -1,5 +1,6 @@
 """Sweeps as users run them: joblib and submitit launchers, Optuna with its SQLite study, failing jobs. Each
-`ferlab train -m` is its own process (forked from a preloaded server: conftest.ferlab_cli)."""
+`ferlab train -m` is its own process: forked from a preloaded server (conftest.ferlab_cli), or a new interpreter
+for the joblib launcher."""
 
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ def _hparams(events: Path) -> tuple[dict, dict]:
     return params, scalars
 
 
-def test_joblib_2x2_makes_four_runs_and_a_four_row_report(ferlab_cli, tmp_path):
-    # two workers start at once on a fresh data dir: both need the synthetic CSV and its cache first
-    r = ferlab_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim=adam,sgd",
-                   "model.drop_rate=0.0,0.2", *TINY, cwd=tmp_path).result(300)
+def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
+    # two workers start at once on a fresh data dir: both need the synthetic CSV and its cache first. A new
+    # interpreter (run_cli): joblib's loky workers hang the exit of a process forked from ferlab_cli's server
+    r = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim=adam,sgd",
+                "model.drop_rate=0.0,0.2", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = _sweep(tmp_path)
     runs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
@@ -175,10 +177,10 @@ def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_cra
         assert t.value == saved["best_epoch_metrics"]["val/acc"]
 
 
-def test_optuna_records_a_failed_trial_and_goes_on_with_parallel_joblib_trials(ferlab_cli, tmp_path):
-    r = ferlab_cli("train", "-m", "hparams_search=optuna", *GRID, "optim.lr=choice(-1.0,0.01)",
-                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *QUIET,
-                   cwd=tmp_path).result(300)
+def test_optuna_records_a_failed_trial_and_goes_on_with_parallel_joblib_trials(tmp_path):
+    # a new interpreter (run_cli), as for the joblib launcher above
+    r = run_cli("train", "-m", "hparams_search=optuna", *GRID, "optim.lr=choice(-1.0,0.01)", "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *QUIET, cwd=tmp_path)
     assert r.returncode == 1 and "1 of 2 jobs failed" in r.stderr
     from optuna.trial import TrialState
 
