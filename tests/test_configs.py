@@ -18,10 +18,14 @@ SKIP_GROUPS = {"hydra", "local", "experiment", "hparams_search", "debug"}  # cov
 ROOTS = {"tta": "eval", "detector": "predict"}
 
 
-def _options() -> list[tuple[str, str]]:
+TRACKERS = {"many", "mlflow", "wandb"}  # logger options importing MLflow or W&B: seconds, not in `make test-fast`
+
+
+def _options() -> list:
     conf = Path(CONF_DIR)
     groups = sorted(d.name for d in conf.iterdir() if d.is_dir() and d.name not in SKIP_GROUPS)
-    return [(g, f.stem) for g in groups for f in sorted((conf / g).glob("*.yaml"))]
+    return [pytest.param(g, f.stem, marks=pytest.mark.slow) if g == "logger" and f.stem in TRACKERS else (g, f.stem)
+            for g in groups for f in sorted((conf / g).glob("*.yaml"))]
 
 
 def _check_data(cfg):

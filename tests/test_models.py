@@ -110,7 +110,15 @@ def check_backward(net: FERNet, loss: torch.Tensor, cam: dict) -> None:
     assert cam_grad is not None and cam_grad.abs().sum() > 0, "Grad-CAM needs cam_layer gradients"
 
 
-@pytest.mark.parametrize("name", list_models())
+# networks of tens of millions of weights: seconds each to build and run, left out of `make test-fast`
+HEAVY = {"ir50", "resnext50_32x4d"}
+
+
+def _by_cost() -> list:
+    return [pytest.param(n, marks=pytest.mark.slow) if n.startswith("vgg") or n in HEAVY else n for n in list_models()]
+
+
+@pytest.mark.parametrize("name", _by_cost())
 def test_model_contract_gray48(name: str):
     """FER2013 shape: output and embedding shapes, eval determinism, train/eval gap exactly when BN or dropout
     is present and from nothing else, finite loss, backward everywhere, one SGD step lowers the loss."""
@@ -132,6 +140,7 @@ def test_model_contract_gray48(name: str):
     assert after < loss, f"one SGD step on a fixed batch: {loss.item():.4f} -> {after.item():.4f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_model_contract_rgb224(name: str):
     """ImageNet shape, batch 1 (VGG costs ~20 GMAC per 224x224 image on a CPU), in two passes: eval, then

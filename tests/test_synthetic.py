@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -113,11 +114,13 @@ def linear_accuracy() -> float:
         return (lin(x[2500:]).argmax(1) == y[2500:]).float().mean().item()
 
 
+@pytest.mark.slow
 def test_a_tiny_cnn_learns_it_far_above_chance_within_seconds():
     acc, majority = tiny_cnn_accuracy()
     assert acc > CNN_MIN_ACC and acc > 2.5 * majority, (acc, majority)
 
 
+@pytest.mark.slow
 def test_a_linear_classifier_on_raw_pixels_stays_clearly_below_the_cnn():
     acc = linear_accuracy()
     assert acc < LINEAR_MAX_ACC, acc
