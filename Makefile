@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= sweep,infer,timm,dev
 ARGS ?=
+# test workers (pytest-xdist): `auto` is one per core, at most 4 (tests/conftest.py); WORKERS=0 runs in this process
+WORKERS ?= auto
 
-.PHONY: install train test lint tb bench docs docs-serve clean
+.PHONY: install train test test-fast lint tb bench docs docs-serve clean
 
 install: $(STAMP)
 
@@ -20,8 +22,11 @@ $(STAMP): pyproject.toml
 train: install  ## the main job: synthetic faces, small ResNet, a few minutes on a laptop CPU
 	$(BIN)/ferlab train $(ARGS)
 
-test: install  ## the whole suite
-	$(BIN)/python -m pytest $(ARGS)
+test: install  ## the whole suite (about 7 minutes on a busy 2-core machine)
+	$(BIN)/python -m pytest -n $(WORKERS) $(ARGS)
+
+test-fast: install  ## the edit-run loop: pure-Python, config and model-shape tests (`not slow`), under a minute
+	$(BIN)/python -m pytest -n $(WORKERS) -m "not slow" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

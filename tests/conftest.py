@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import itertools
+import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,13 +75,157 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m ferlab ...` in a subprocess, the way a user runs it."""
-    full_env = {**os.environ, "FERLAB_ROOT": str(cwd), **(env or {})}
+def _cli_env(cwd: Path, env: dict | None) -> dict[str, str]:
+    """A child's environment: this one less FERLAB_RUN_ID, FERLAB_ROOT=cwd, one torch thread (two children of a test,
+    or two xdist workers, on a 2-core machine must not fight over OpenMP threads), then `env`."""
+    full_env = {**os.environ, "FERLAB_ROOT": str(cwd), "OMP_NUM_THREADS": "1"}
     full_env.pop("FERLAB_RUN_ID", None)
-    return subprocess.run(
-        [sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+    return {**full_env, **(env or {})}
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m ferlab ...` in a new interpreter, the way a user runs it from a terminal (tests of the
+    command's own contract: entry point, imports, output; for what a run does, `ferlab_cli` is 5-10x cheaper)."""
+    return subprocess.run([sys.executable, "-m", "ferlab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=_cli_env(cwd, env))
+
+
+# What a process forked from the suite's forkserver (ferlab_cli here, tests/test_resume.py, tests/test_trackers.py)
+# finds imported already: a new interpreter spends ~4 s of CPU on these (9 s on a busy machine), more than a smoke
+# run's training. One list: the server is started once per test process (each xdist worker has its own), by
+# whichever of them comes first.
+FORKSERVER_PRELOAD = ["torch", "pytorch_lightning", "hydra", "optuna", "ferlab.cli", "ferlab.tasks.train", "ferlab.config.runner",
+                      "ferlab.search.sweep", "ferlab.lit.classifier", "ferlab.checkpoints.resilience", "ferlab.data.datamodule",
+                      "ferlab.models.resnet", "hydra_plugins.ferlab_sweepers._optuna", "mlflow", "wandb",
+                      "tests.test_resume"]
+
+
+def forkserver() -> mp.context.BaseContext:
+    """multiprocessing's forkserver context, its server running with FORKSERVER_PRELOAD imported."""
+    from multiprocessing import forkserver as server
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    server.ensure_running()
+    return ctx
+
+
+def _cli_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """`ferlab <argv>` in a process forked from the preloaded server, set up as a terminal starts a command: its
+    own session (so killpg reaches what it starts), default SIGINT/SIGTERM, `env`, `cwd`, stdout/stderr to files.
+    Exits as the interpreter would: SystemExit's code, 1 after an uncaught exception's traceback, and killed by
+    SIGINT after an uncaught KeyboardInterrupt."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a new interpreter installs
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    import torch
+
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS") or 1))
+    code, interrupted = 0, False
+    try:
+        from ferlab.cli import main
+
+        main(list(argv))
+    except SystemExit as stop:
+        if isinstance(stop.code, int) or stop.code is None:
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:  # noqa: BLE001  (the interpreter's own last resort)
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code)
+
+
+class ForkedCli:
+    """A running forked `ferlab` process, with the parts of subprocess.Popen the tests use."""
+
+    def __init__(self, proc: mp.Process, args: list[str], out: Path, err: Path) -> None:
+        self.proc, self.args, self.out, self.err = proc, args, out, err
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.exitcode
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (-N: killed by signal N); after `timeout` s the process group is killed and
+        subprocess.TimeoutExpired raised."""
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.join()
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.proc.exitcode
+
+    def result(self, timeout: float | None = None) -> subprocess.CompletedProcess:
+        code = self.wait(timeout)
+        out, err = (p.read_text() if p.exists() else "" for p in (self.out, self.err))
+        return subprocess.CompletedProcess(self.args, code, out, err)
+
+
+@pytest.fixture(scope="session")
+def ferlab_cli(tmp_path_factory) -> Callable[..., ForkedCli]:
+    """start(*args, cwd=, env=None) -> ForkedCli: `ferlab <args>` as run_cli runs it (same environment, exit
+    status, stdout and stderr), forked from a server that has torch, Lightning, Hydra and ferlab imported, so a
+    small run costs ~1 s instead of ~5-10. `start(...).result(timeout)` is run_cli's CompletedProcess."""
+    ctx = forkserver()
+    logs, numbers = tmp_path_factory.mktemp("ferlab_cli"), itertools.count()
+
+    def start(*args: str, cwd: Path, env: dict | None = None) -> ForkedCli:
+        n = next(numbers)
+        out, err = logs / f"{n}.out", logs / f"{n}.err"
+        proc = ctx.Process(target=_cli_child, args=(list(args), str(cwd), _cli_env(cwd, env), str(out), str(err)))
+        proc.start()
+        return ForkedCli(proc, ["ferlab", *args], out, err)
+
+    return start
+
+
+# Modules whose tests train, spawn processes or build full-size networks (seconds each); `make test-fast`
+# (`pytest -m "not slow"`) leaves them out, with every test using a fixture of SLOW_FIXTURES and the tests marked
+# @pytest.mark.slow in the other modules.
+SLOW_MODULES = {
+    "test_align", "test_checkpoint_errors", "test_cli", "test_cross_dataset", "test_data_cache", "test_ddp",
+    "test_demo", "test_detect", "test_determinism", "test_eval", "test_experiments", "test_explain", "test_export",
+    "test_face_backbones", "test_finetune", "test_hostile_checkpoints", "test_init_from", "test_methods",
+    "test_mini_xception", "test_nan_guard", "test_package", "test_predict", "test_pretrained", "test_restore",
+    "test_resume", "test_resume_boundary", "test_search", "test_sweeps", "test_timm", "test_trackers", "test_train",
+    "test_user_configs", "test_va_runs", "test_validate",
+}
+SLOW_FIXTURES = {"trained", "ckpt", "ferlab_cli"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark `slow` what SLOW_MODULES and SLOW_FIXTURES name."""
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (make test): one worker per core, at most 4. Each worker holds torch, a forkserver and the session
+    fixtures (~1.5 GB); beyond 4 the few long tests (a sweep, the experiments' smoke multirun) bound the wall time."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True, scope="session")

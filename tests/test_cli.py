@@ -76,16 +76,17 @@ def test_an_unquoted_non_ascii_path_gets_the_quoted_form_to_type(tmp_path):
     assert quoting_hint(["data.source.root=/data/my data/fer5", "+x=1"]) is None  # Hydra parses these as they are
 
 
-def test_missing_csv_is_one_clear_line(tmp_path):
-    r = run_cli("train", "data=fer2013", f"data.source.csv_path={tmp_path}/missing.csv", *TINY[1:], cwd=tmp_path)
+def test_missing_csv_is_one_clear_line(ferlab_cli, tmp_path):
+    r = ferlab_cli("train", "data=fer2013", f"data.source.csv_path={tmp_path}/missing.csv", *TINY[1:],
+                   cwd=tmp_path).result(300)
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("ferlab: error:")]
     assert len(errors) == 1 and "missing.csv" in errors[0] and "Traceback" not in r.stderr
     assert (next((tmp_path / "outputs" / "train" / "runs").iterdir()) / "failed.json").exists()
 
 
-def test_multirun_over_two_values_makes_two_run_dirs(tmp_path):
-    r = run_cli("train", "-m", "seed=1,2", *TINY, cwd=tmp_path)
+def test_multirun_over_two_values_makes_two_run_dirs(ferlab_cli, tmp_path):
+    r = ferlab_cli("train", "-m", "seed=1,2", *TINY, cwd=tmp_path).result(300)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())

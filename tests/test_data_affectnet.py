@@ -163,6 +163,7 @@ def test_2021_layout_reads_per_image_annotations(v2021, tmp_path):
         AffectNet(str(root)).read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [8, 7])
 def test_train_runs_end_to_end_with_the_chosen_classes(v2021, make_cfg, classes):
     from ferlab.tasks.train import run_train

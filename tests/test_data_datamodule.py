@@ -127,6 +127,7 @@ def test_auto_normalization_is_measured_on_train_in_model_space(faces, tmp_path)
     assert rgb.mean.shape == (1, 3, 1, 1) and rgb.transform(rgb.splits["val"][0][:4], train=False).shape == (4, 3, 64, 64)
 
 
+@pytest.mark.slow
 def test_dataset_meta_and_per_split_metrics_reach_metrics_json(make_cfg, faces):
     from ferlab.tasks.train import run_train
 

@@ -122,6 +122,7 @@ def test_no_rafdb_layout_under_root_says_what_it_expected(tmp_path):
         RafDb(str(tmp_path / "empty")).files()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["random", "official"])
 def test_train_runs_end_to_end_on_the_written_release(release, make_cfg, split):
     from ferlab.tasks.train import run_train

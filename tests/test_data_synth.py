@@ -14,7 +14,6 @@ from ferlab.data.sources.rafdb import RafDb
 from ferlab.labels import FER5, FER2013
 from ferlab.tasks.synth import FORMATS
 from ferlab.tasks.synth import main as synth
-from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +58,15 @@ def test_refuses_to_overwrite_a_folder_unless_asked(written, capsys):
     assert len(ImageFolders(str(written / "fer5"), FER5, image_size=16, channels=1).read().targets) == 20
 
 
-def test_a_bad_row_ends_training_with_one_line_naming_file_and_line(tmp_path, written):
+def test_a_bad_row_ends_training_with_one_line_naming_file_and_line(ferlab_cli, tmp_path, written):
     csv = tmp_path / "data" / "fer2013.csv"
     csv.parent.mkdir()
     lines = (written / "fer2013" / "fer2013.csv").read_text().splitlines()
     lines[7] = "3," + " ".join(["1"] * 2303) + ",Training"
     csv.write_text("\n".join(lines) + "\n")
     csv.chmod(0o444)  # read-only data is fine: ferlab only reads it
-    r = run_cli("train", "data=fer2013", f"data.source.csv_path={csv}", "trainer.max_epochs=1", cwd=tmp_path)
+    r = ferlab_cli("train", "data=fer2013", f"data.source.csv_path={csv}", "trainer.max_epochs=1",
+                   cwd=tmp_path).result(300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"ferlab: error: {csv}:8: pixels has 2303 values, expected 2304"
     assert [p.name for p in csv.parent.iterdir()] == ["fer2013.csv"]  # nothing written beside the data

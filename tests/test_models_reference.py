@@ -45,6 +45,7 @@ def test_recipe_networks_have_their_codes_parameter_count(name: str, classes: in
         assert net.stages(torch.zeros(1, 1, side, side)).shape[-1] == net.pool_size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19"])
 def test_vgg_variants_have_torchvision_layer_shapes(name: str):
     ours, ref = on_meta(create_model, name), on_meta(getattr(torchvision.models, name))

@@ -29,10 +29,8 @@ from ferlab.checkpoints.resilience import rng_state, set_rng_state
 from ferlab.checkpoints.resume import resolve_ckpt_path
 from ferlab.errors import FerlabError, Interrupted, Preempted
 from ferlab.tasks.train import run_train
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, forkserver
 
-PRELOAD = ["torch", "pytorch_lightning", "ferlab.tasks.train", "ferlab.lit.classifier", "ferlab.checkpoints.resilience",
-           "ferlab.data.datamodule", "ferlab.models.resnet", "tests.test_resume"]
 LAST = Path("checkpoints") / "last.ckpt"
 
 
@@ -89,8 +87,7 @@ def _ferlab_child(argv: list[str], root: str, log: str) -> None:
 @pytest.fixture(scope="module")
 def ferlab_proc() -> Callable[..., mp.Process]:
     """start(*argv, root=, log=) -> a started process running `ferlab <argv>`."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx = forkserver()
 
     def start(*argv: str, root: Path, log: Path) -> mp.Process:
         proc = ctx.Process(target=_ferlab_child, args=(list(argv), str(root), str(log)))

@@ -98,6 +98,7 @@ def test_warmup_state_round_trips_mid_schedule():
         assert math.isclose(opt.param_groups[0]["lr"], opt2.param_groups[0]["lr"])
 
 
+@pytest.mark.slow
 def test_a_warmed_up_plateau_in_lightning_and_a_history_past_the_best_epoch(make_cfg):
     # lr ~ 0 and no batch norm: both epochs score the same, so the best (tested) checkpoint stays at epoch 0
     from ferlab.tasks.train import run_train

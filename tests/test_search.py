@@ -21,7 +21,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from tests.conftest import run_cli
+from tests.conftest import ForkedCli, run_cli
 
 DATA = Path(__file__).resolve().parent / "data"
 # a smoke-sized trial (two training and one validation batch), no logger, no test run
@@ -31,23 +31,11 @@ README_GRAMMAR = ["optim.lr=tag(log, interval(1e-5, 1e-2))", "model.drop_rate=in
                   "optim=choice(adam, adamw)", "data.batch_size=64"]
 
 
-def _worker(root: Path, run_id: str, *overrides: str) -> subprocess.Popen:
-    """One `ferlab train -m hparams_search=optuna ...` process with its own sweep dir (run id)."""
-    env = {**os.environ, "FERLAB_ROOT": str(root), "FERLAB_RUN_ID": run_id, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ferlab", "train", "-m", "hparams_search=optuna", *TRIAL, *overrides],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    return err
+def _finish(proc: ForkedCli, timeout: float = 400) -> str:
+    r = proc.result(timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r.stderr
 
 
 def _study(url: str, name: str = "smoke_synthetic") -> optuna.Study:
@@ -56,13 +44,19 @@ def _study(url: str, name: str = "smoke_synthetic") -> optuna.Study:
     return load_study(url, name)
 
 
-def _two_workers(root: Path, url: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+def _worker(ferlab_cli, root: Path, run_id: str, *overrides: str) -> ForkedCli:
+    """One `ferlab train -m hparams_search=optuna ...` process (its own session) with its own sweep dir (run id)."""
+    return ferlab_cli("train", "-m", "hparams_search=optuna", *TRIAL, *overrides, cwd=root,
+                      env={"FERLAB_RUN_ID": run_id})
+
+
+def _two_workers(ferlab_cli, root: Path, url: str, n_trials: int) -> list[optuna.trial.FrozenTrial]:
     """Start two workers together on one study with the README's search-space grammar; both must exit 0 without
     a traceback. The study's trials afterwards."""
     from hydra_plugins.ferlab_sweepers._optuna import _quoted
 
     args = [f"hydra.sweeper.storage={_quoted(url)}", f"hydra.sweeper.n_trials={n_trials}", *README_GRAMMAR]
-    workers = [_worker(root, f"w{i}", *args) for i in range(2)]
+    workers = [_worker(ferlab_cli, root, f"w{i}", *args) for i in range(2)]
     for proc in workers:
         _finish(proc)
     return _study(url).trials
@@ -87,9 +81,9 @@ def _check_trials_match_their_runs(trials: list[optuna.trial.FrozenTrial]) -> No
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_two_workers_share_one_study(tmp_path, kind):
+def test_two_workers_share_one_study(ferlab_cli, tmp_path, kind):
     url = {"sqlite": f"sqlite:///{tmp_path}/study.db", "journal": f"journal:///{tmp_path}/study.log"}[kind]
-    trials = _two_workers(tmp_path, url, n_trials=4)
+    trials = _two_workers(ferlab_cli, tmp_path, url, n_trials=4)
     states = [t.state for t in trials]
     assert set(states) == {TrialState.COMPLETE} and len(states) in (4, 5), states  # + at most one per extra worker
     _check_trials_match_their_runs(trials)
@@ -115,17 +109,17 @@ def postgres(tmp_path_factory):
     shutil.rmtree(data, ignore_errors=True)
 
 
-def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres):
-    trials = _two_workers(tmp_path, postgres, n_trials=4)
+def test_two_workers_share_one_study_in_postgresql(ferlab_cli, tmp_path, postgres):
+    trials = _two_workers(ferlab_cli, tmp_path, postgres, n_trials=4)
     states = [t.state for t in trials]
     assert set(states) == {TrialState.COMPLETE} and len(states) in (4, 5), states  # + at most one per extra worker
     _check_trials_match_their_runs(trials)
 
 
-def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_the_other(tmp_path):
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_the_other(ferlab_cli, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     args = [f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_interval=1"]
-    victim, survivor = _worker(tmp_path, "victim", *args), _worker(tmp_path, "survivor", *args)
+    victim, survivor = (_worker(ferlab_cli, tmp_path, name, *args) for name in ("victim", "survivor"))
     runs = tmp_path / "outputs" / "smoke" / "multiruns"
     deadline = time.time() + 300
     while not list(runs.glob("*_victim/*/.hydra")) and victim.poll() is None and time.time() < deadline:
@@ -143,17 +137,17 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_the_other(
     assert sum(t.state == TrialState.COMPLETE for t in trials) in (4, 5)
 
 
-def test_the_pruner_stops_a_hopeless_trial_early(tmp_path):
+def test_the_pruner_stops_a_hopeless_trial_early(ferlab_cli, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     # median pruning from the first finished trial; three epochs each; learning rate fixed per command
     args = [f"hydra.sweeper.storage={url}", "trainer.max_epochs=3", "optimized_metric=val/loss",
             "hydra.sweeper.direction=minimize",
             "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1}"]
-    good = run_cli("train", "-m", "hparams_search=optuna", *TRIAL, *args, "hydra.sweeper.n_trials=1",
-                   "optim.lr=0.001", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    good = ferlab_cli("train", "-m", "hparams_search=optuna", *TRIAL, *args, "hydra.sweeper.n_trials=1",
+                      "optim.lr=0.001", cwd=tmp_path).result(300)
     assert good.returncode == 0, good.stderr[-3000:]
-    bad = run_cli("train", "-m", "hparams_search=optuna", *TRIAL, *args, "hydra.sweeper.n_trials=2",
-                  "optim.lr=0.5", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    bad = ferlab_cli("train", "-m", "hparams_search=optuna", *TRIAL, *args, "hydra.sweeper.n_trials=2",
+                     "optim.lr=0.5", cwd=tmp_path).result(300)
     assert bad.returncode == 0 and "Traceback" not in bad.stderr, bad.stderr[-3000:]  # pruned is not failed
     first, second = _study(url).trials
     assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
@@ -252,21 +246,21 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_study_of_the_old_optuna_2_version_is_upgraded_then_continued(tmp_path):
+def test_a_study_of_the_old_optuna_2_version_is_upgraded_then_continued(ferlab_cli, tmp_path):
     db = tmp_path / "old.db"  # made by ferlab with hydra-optuna-sweeper and Optuna 2.10: 2 complete, 1 left running
     with sqlite3.connect(db) as con:
         con.executescript((DATA / "optuna210_study.sql").read_text())
     url, before = f"sqlite:///{db}", _sha(db)
     args = ["train", "-m", "hparams_search=optuna", *TRIAL, f"hydra.sweeper.storage={url}",
             "hydra.sweeper.study_name=train_synthetic", "hydra.sweeper.n_trials=3"]
-    r = run_cli(*args, cwd=tmp_path)
+    r = ferlab_cli(*args, cwd=tmp_path).result(300)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "written by Optuna 2" in r.stderr and f"optuna storage upgrade --storage '{url}'" in r.stderr
     assert _sha(db) == before  # not touched
     optuna_cli = Path(sys.executable).with_name("optuna")
     up = subprocess.run([str(optuna_cli), "storage", "upgrade", "--storage", url], capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
-    r = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    r = ferlab_cli(*args, cwd=tmp_path).result(300)
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(url, "train_synthetic").trials
     # the trial the Optuna 2 worker left running is failed and re-run with its parameters, not left RUNNING
@@ -283,13 +277,13 @@ def test_a_study_of_the_old_optuna_2_version_is_upgraded_then_continued(tmp_path
     ("hydra.sweeper.pruner=bogus", "hydra.sweeper.pruner='bogus': unknown pruner; choose from none, median"),
     ("hydra.sweeper.direction=minimize", "was created to maximize, this search would minimize"),
 ])
-def test_bad_search_input_is_one_line_and_leaves_the_study_alone(tmp_path, override, message):
+def test_bad_search_input_is_one_line_and_leaves_the_study_alone(ferlab_cli, tmp_path, override, message):
     db = tmp_path / "study.db"
     study = optuna.create_study(study_name="smoke_synthetic", storage=f"sqlite:///{db}", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.5, params={"x": 1.0}, distributions={"x": FloatDistribution(0, 2)}))
     before = _sha(db)
-    r = run_cli("train", "-m", "hparams_search=optuna", *TRIAL, f"hydra.sweeper.storage=sqlite:///{db}", override,
-                cwd=tmp_path)
+    r = ferlab_cli("train", "-m", "hparams_search=optuna", *TRIAL, f"hydra.sweeper.storage=sqlite:///{db}", override,
+                   cwd=tmp_path).result(300)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("ferlab: error: ") and message in line

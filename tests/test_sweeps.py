@@ -1,12 +1,12 @@
-"""Sweeps as users run them: joblib and submitit launchers, Optuna with its SQLite study, failing jobs."""
+"""Sweeps as users run them: joblib and submitit launchers, Optuna with its SQLite study, failing jobs. Each
+`ferlab train -m` is its own process: forked from a preloaded server (conftest.ferlab_cli), or a new interpreter
+for the joblib launcher."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -60,7 +60,8 @@ def _hparams(events: Path) -> tuple[dict, dict]:
 
 
 def test_joblib_2x2_makes_four_runs_and_a_four_row_report(tmp_path):
-    # two workers start at once on a fresh data dir: both need the synthetic CSV and its cache first
+    # two workers start at once on a fresh data dir: both need the synthetic CSV and its cache first. A new
+    # interpreter (run_cli): joblib's loky workers hang the exit of a process forked from ferlab_cli's server
     r = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim=adam,sgd",
                 "model.drop_rate=0.0,0.2", *TINY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -97,11 +98,12 @@ def test_tensorboard_run_names_keep_swept_keys_and_shorten_long_values():
     assert run_name(["b=2", "a=1"], set()) == "a=1,b=2"  # no sweep information: every override
 
 
-def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
+def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(ferlab_cli, tmp_path):
     # job 0: a bad value (batch size 0); job 1 works; job 2: bad value; job 3: SystemExit(3) inside the job
     boom = "{_target_:sys.exit,_args_:[3]}"
     fixed = [a for a in QUIET if not a.startswith("data.batch_size")]
-    r = run_cli("train", "-m", f"+callbacks.boom=null,{boom}", "data.batch_size=0,16", *fixed, cwd=tmp_path)
+    r = ferlab_cli("train", "-m", f"+callbacks.boom=null,{boom}", "data.batch_size=0,16", *fixed,
+                   cwd=tmp_path).result(300)
     assert r.returncode == 1
     sweep = _sweep(tmp_path)
     assert (sweep / "1" / "metrics.json").exists()
@@ -114,16 +116,16 @@ def test_failing_jobs_do_not_stop_the_sweep_and_are_reported(tmp_path):
     assert "### Failed runs" in (sweep / "report.md").read_text()
 
 
-def test_a_sweep_failing_only_for_missing_datasets_hints_at_synthetic_data(tmp_path):
+def test_a_sweep_failing_only_for_missing_datasets_hints_at_synthetic_data(ferlab_cli, tmp_path):
     # the Lightning-Hydra template's habit on a fresh clone: its experiments with debug=fdr, no dataset on disk
-    r = run_cli("train", "-m", "experiment=report001_resnet18_fer2013,report004_lenet7_ferplus", "debug=fdr",
-                cwd=tmp_path)
+    r = ferlab_cli("train", "-m", "experiment=report001_resnet18_fer2013,report004_lenet7_ferplus", "debug=fdr",
+                   cwd=tmp_path).result(300)
     assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr and "fer2013.csv does not exist" in r.stderr
     assert r.stderr.strip().splitlines()[-1] == NO_DATA_HINT
 
 
-def test_submitit_local_runs_a_two_job_sweep(tmp_path):
-    r = run_cli("train", "-m", "hydra/launcher=submitit_local", "seed=1,2", *QUIET, cwd=tmp_path)
+def test_submitit_local_runs_a_two_job_sweep(ferlab_cli, tmp_path):
+    r = ferlab_cli("train", "-m", "hydra/launcher=submitit_local", "seed=1,2", *QUIET, cwd=tmp_path).result(300)
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = _sweep(tmp_path)
     assert all((sweep / job / "metrics.json").exists() for job in ("0", "1"))
@@ -138,16 +140,13 @@ def _study(db: Path, name: str = "train_synthetic"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 
 
-def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_crash(tmp_path):
+def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_crash(ferlab_cli, tmp_path):
     from optuna.trial import TrialState
 
     # heartbeats every second: the killed trial is stale 2 s after the kill, long before the second command asks
-    args = [sys.executable, "-m", "ferlab", "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.heartbeat_interval=1", *QUIET]
-    env = {**os.environ, "FERLAB_ROOT": str(tmp_path)}
-    env.pop("FERLAB_RUN_ID", None)
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    args = ["train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1",
+            *QUIET]
+    proc = ferlab_cli(*args, cwd=tmp_path)
     runs = tmp_path / "outputs" / "train" / "multiruns"
     deadline = time.time() + 240
     while not list(runs.glob("*/1/.hydra")) and proc.poll() is None and time.time() < deadline:
@@ -158,8 +157,8 @@ def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_cra
     before = _study(db).trials
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.RUNNING]
 
-    env["FERLAB_RUN_ID"] = "resumed"  # a new sweep dir for the second command
-    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # a new sweep dir (run id) for the second command
+    r = ferlab_cli(*args, cwd=tmp_path, env={"FERLAB_RUN_ID": "resumed"}).result(300)
     assert r.returncode == 0, r.stderr[-3000:]
     trials = _study(db).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
@@ -179,6 +178,7 @@ def test_optuna_returns_best_parameters_and_resumes_its_sqlite_study_after_a_cra
 
 
 def test_optuna_records_a_failed_trial_and_goes_on_with_parallel_joblib_trials(tmp_path):
+    # a new interpreter (run_cli), as for the joblib launcher above
     r = run_cli("train", "-m", "hparams_search=optuna", *GRID, "optim.lr=choice(-1.0,0.01)", "hydra/launcher=joblib",
                 "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", *QUIET, cwd=tmp_path)
     assert r.returncode == 1 and "1 of 2 jobs failed" in r.stderr
@@ -208,13 +208,14 @@ def test_slurm_preset_requeues_and_resumes(make_cfg):
     assert resolve_ckpt_path(cfg) is None  # first attempt: nothing to resume; later attempts: <run>/checkpoints/last.ckpt
 
 
-def test_ctrl_c_stops_the_sweep_lists_what_is_left_and_the_same_sweep_continues(tmp_path):
-    # a real SIGINT to the sweep's process during job 0's second step (the basic launcher runs jobs in-process)
+def test_ctrl_c_stops_the_sweep_lists_what_is_left_and_the_same_sweep_continues(ferlab_cli, tmp_path):
+    # a real SIGINT to the sweep's process during job 0's second step (the basic launcher runs jobs in-process);
+    # the process starts with Python's own SIGINT handler whatever the suite inherited (nohup, a background job)
     sweep = tmp_path / "sweep"
     ctrl_c = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", "+callbacks.sig.step=1",
               f"+callbacks.sig.signum={int(signal.SIGINT)}"]
     args = ["train", "-m", "seed=1,2,3", *QUIET, "trainer.limit_val_batches=2", f"hydra.sweep.dir={sweep}"]
-    r = run_cli(*args, *ctrl_c, cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join(sys.path)})  # finds tests.*
+    r = ferlab_cli(*args, *ctrl_c, cwd=tmp_path).result(300)
     assert r.returncode == 130, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("ferlab: error:")]
     assert len(errors) == 1 and "sweep stopped: job 0: interrupted at epoch 0, step 1" in errors[0]
@@ -226,7 +227,7 @@ def test_ctrl_c_stops_the_sweep_lists_what_is_left_and_the_same_sweep_continues(
     assert "(seed=1): interrupted at epoch 0, step 1" in unfinished
     assert "(seed=2): not started" in unfinished and "(seed=3): not started" in unfinished
 
-    r = run_cli(*args, "ckpt_path=auto", cwd=tmp_path)
+    r = ferlab_cli(*args, "ckpt_path=auto", cwd=tmp_path).result(300)
     assert r.returncode == 0, r.stderr[-3000:]
     data = _report_json(sweep)
     assert data["failed"] == [] and data["incomplete"] == [] and sorted(data["rows"][0]["seeds"]) == ["1", "2", "3"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -69,17 +69,23 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
 
 
-def test_a_tiny_cnn_learns_it_far_above_chance_within_seconds():
+# Thresholds with margins measured under every CPU kernel set and thread count this machine offers
+# (benchmarks/learning_margins.py, results in benchmarks/results/learning_margins.md)
+CNN_MIN_ACC, LINEAR_MAX_ACC = 0.8, 0.6
+
+
+def tiny_cnn_accuracy(num_images: int = 2500, epochs: int = 3) -> tuple[float, float]:
+    """(test accuracy, majority-class share) of a 4-block CNN trained `epochs` on all but the last 500 faces."""
     torch.manual_seed(0)
-    images, labels, _ = make_dataset(SynthSpec(num_images=4000, seed=5))
+    images, labels, _ = make_dataset(SynthSpec(num_images=num_images, seed=5))
     x = (torch.from_numpy(images).float().div(255).unsqueeze(1) - 0.5) / 0.25
     y = torch.from_numpy(labels)
-    xtr, ytr, xte, yte = x[:3500], y[:3500], x[3500:], y[3500:]
+    cut = num_images - 500
+    xtr, ytr, xte, yte = x[:cut], y[:cut], x[cut:], y[cut:]
     net = nn.Sequential(*_block(1, 8), *_block(8, 16), *_block(16, 32), *_block(32, 32),
                         nn.Flatten(), nn.Linear(32 * 3 * 3, 7))
     opt = torch.optim.Adam(net.parameters(), 2e-3)
-    start = time.time()
-    for _ in range(3):
+    for _ in range(epochs):
         for idx in torch.randperm(len(xtr)).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(net(xtr[idx]), ytr[idx]).backward()
@@ -87,11 +93,11 @@ def test_a_tiny_cnn_learns_it_far_above_chance_within_seconds():
     net.eval()
     with torch.no_grad():
         acc = (net(xte).argmax(1) == yte).float().mean().item()
-    majority = np.bincount(labels[3500:]).max() / 500
-    assert acc > 0.8 and acc > 2.5 * majority, (acc, majority, time.time() - start)
+    return acc, float(np.bincount(labels[cut:]).max() / 500)
 
 
-def test_a_linear_classifier_on_raw_pixels_stays_clearly_below_the_cnn():
+def linear_accuracy() -> float:
+    """Test accuracy of a linear classifier on standardised raw pixels (2500 faces to train, 500 to test)."""
     images, labels, _ = make_dataset(SynthSpec(num_images=3000, seed=5))
     x = torch.from_numpy(images).float().div(255).flatten(1)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
@@ -105,5 +111,16 @@ def test_a_linear_classifier_on_raw_pixels_stays_clearly_below_the_cnn():
             nn.functional.cross_entropy(lin(x[idx]), y[idx]).backward()
             opt.step()
     with torch.no_grad():
-        acc = (lin(x[2500:]).argmax(1) == y[2500:]).float().mean().item()
-    assert acc < 0.6, acc
+        return (lin(x[2500:]).argmax(1) == y[2500:]).float().mean().item()
+
+
+@pytest.mark.slow
+def test_a_tiny_cnn_learns_it_far_above_chance_within_seconds():
+    acc, majority = tiny_cnn_accuracy()
+    assert acc > CNN_MIN_ACC and acc > 2.5 * majority, (acc, majority)
+
+
+@pytest.mark.slow
+def test_a_linear_classifier_on_raw_pixels_stays_clearly_below_the_cnn():
+    acc = linear_accuracy()
+    assert acc < LINEAR_MAX_ACC, acc

@@ -21,6 +21,7 @@ from optuna.pruners import BasePruner
 
 from ferlab.errors import Interrupted
 from ferlab.tasks.train import run_train
+from tests.conftest import forkserver
 
 # two epochs of two training batches and one validation batch each
 TINY = ["data.source.num_images=300", "data.batch_size=16", "model.width=8", "trainer.max_epochs=2",
@@ -51,7 +52,7 @@ def _free_port() -> int:
 def booting_server(tmp_path_factory):
     """A real `mlflow server` for the module (SQLite backend, artifacts served from a folder, one worker), started
     with the module's first test (the forkserver too) so that their start-up overlaps the tests that need neither."""
-    _forkserver()
+    forkserver()
     root, port = tmp_path_factory.mktemp("mlflow_server"), _free_port()
     log = (root / "server.log").open("w")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
@@ -113,23 +114,9 @@ def _ferlab_child(argv: list[str], root: str, log: str, env: dict[str, str]) -> 
     main(list(argv))
 
 
-def _forkserver() -> mp.context.BaseContext:
-    """The suite's forkserver (tests/test_resume.py's, when it runs first), started now if it is not running: it
-    imports torch, Lightning and the trackers once, in the background, and each process forked from it pays only
-    for its own work."""
-    from multiprocessing import forkserver
-
-    from tests.test_resume import PRELOAD
-
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([*PRELOAD, "mlflow", "wandb", "optuna", "hydra_plugins.ferlab_sweepers._optuna"])
-    forkserver.ensure_running()
-    return ctx
-
-
 def _ferlab_process(*argv: str, root: Path, log: Path, env: dict[str, str]) -> mp.Process:
     """A started process running `ferlab <argv>`, forked from the forkserver."""
-    proc = _forkserver().Process(target=_ferlab_child, args=(list(argv), str(root), str(log), env))
+    proc = forkserver().Process(target=_ferlab_child, args=(list(argv), str(root), str(log), env))
     proc.start()
     return proc
 

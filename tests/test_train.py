@@ -1,4 +1,4 @@
-"""`ferlab train` end to end on CPU: fast_dev_run, a real 2-epoch run, resume, run files."""
+"""`ferlab train` end to end on CPU: fast_dev_run, a real 2-epoch run and its files, learning, resume."""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ def test_fast_dev_run_on_cpu(make_cfg):
     assert (Path(cfg.paths.output_dir) / "metrics.json").exists()
 
 
-def test_two_epochs_val_acc_rises_and_run_files_exist(make_cfg):
-    cfg = make_cfg("trainer.max_epochs=2", "data.source.num_images=1200", "optim.lr=0.003", "model.width=16")
+def test_two_epochs_write_every_run_file(make_cfg):
+    cfg = make_cfg("trainer.max_epochs=2")
     metrics = run_train(cfg)
     run = Path(cfg.paths.output_dir)
     history = metrics["history"]
     assert [r["epoch"] for r in history] == [0, 1]
-    assert history[1]["val/acc"] > history[0]["val/acc"]
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["best"]["monitor"] == "val/acc" and saved["best"]["epoch"] in (0, 1)
-    assert saved["dataset"]["sizes"] == {"train": 960, "val": 120, "test": 120}
+    best = max(history, key=lambda r: r["val/acc"])  # the first of equals: the checkpoint callback keeps the first
+    assert saved["best"]["epoch"] == best["epoch"] and saved["best_epoch_metrics"]["val/acc"] == best["val/acc"]
+    assert saved["dataset"]["sizes"] == {"train": 480, "val": 60, "test": 60}
     assert saved["wall_time_s"] > 0 and 0 <= saved["test"]["test/acc"] <= 1
     for name in ("best.ckpt", "last.ckpt"):
         ckpt = torch.load(run / "checkpoints" / name, weights_only=True, map_location="cpu")
@@ -37,6 +38,20 @@ def test_two_epochs_val_acc_rises_and_run_files_exist(make_cfg):
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "lr-Adam"):
         assert key in history[-1], key
     assert "test/f1/happy" in saved["test"]
+
+
+# One fixed batch of 64 faces, no augmentation, 20 Adam steps (debug=overfit): the loss falls ~100-fold and every
+# face is classified right on any correct float implementation (margins: benchmarks/results/learning_margins.md).
+MEMORISE = ["debug=overfit", "trainer.overfit_batches=1", "data.batch_size=64", "trainer.max_epochs=20",
+            "optim.lr=0.003", "logger=none"]
+MEMORISED_LOSS_RATIO = 0.05
+
+
+def test_the_classifier_memorises_64_faces(make_cfg):
+    history = run_train(make_cfg(*MEMORISE))["history"]
+    first, last = history[0], history[-1]
+    assert len(history) == 20 and first["train/acc"] < 0.5
+    assert last["train/loss"] < MEMORISED_LOSS_RATIO * first["train/loss"] and last["train/acc"] == 1.0, history
 
 
 def test_resume_from_last_checkpoint_continues_at_next_epoch(make_cfg, tmp_path):
