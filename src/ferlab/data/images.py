@@ -171,6 +171,9 @@ def _decode_chunk(chunk: _Chunk) -> tuple[int, list[tuple[int, str]], np.ndarray
 
 def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    # Pool.terminate() stops workers with SIGTERM: a forked worker inherits the parent's Python handler (a run's
+    # pre-emption handler only sets a flag), which would keep it alive and hang terminate's join
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run(chunks: list[_Chunk], workers: int) -> Iterator[tuple[int, list[tuple[int, str]], np.ndarray, np.ndarray]]:
