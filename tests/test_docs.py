@@ -174,6 +174,7 @@ def _compose_lines():
     return [(b.where, line) for b in SHELL_BLOCKS if b.kind == "compose" for line in commands(b)]
 
 
+@pytest.mark.slow  # Hydra composes ~60 commands
 def test_compose_blocks_compose_with_the_real_config(tmp_path, monkeypatch):
     """Each `ferlab <task>` command of a compose block composes with ferlab's config tree (Hydra rejects unknown
     groups, options and keys); a sweep's swept values are left out, the rest composed as its first job would be.
@@ -238,6 +239,7 @@ def _matches(expected: str, actual: str) -> bool:
     return re.search(pattern, actual, re.S) is not None
 
 
+@pytest.mark.slow  # real ferlab commands, page by page
 @pytest.mark.parametrize("page", RUN_PAGES, ids=[p.name for p in RUN_PAGES])
 def test_run_blocks_run_as_written(page, tmp_path):
     bin_dir, work = tmp_path / "bin", tmp_path / "work"
