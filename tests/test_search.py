@@ -242,6 +242,25 @@ def test_a_trial_left_running_without_heartbeats_is_failed_and_retried(tmp_path)
     assert retry.state == TrialState.WAITING and retry.params == left.params and retry.system_attrs["failed_trial"] == 0
 
 
+def test_a_trial_this_worker_asked_and_has_not_started_yet_is_not_failed(tmp_path):
+    """A batch of trials is asked at once and launched in turn: one waiting for its turn has no heartbeat yet and
+    may be older than the grace period. Its own worker leaves it alone; another worker fails it."""
+    from ferlab.search.study import open_storage
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    mine = optuna.create_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=2,
+                                                                    max_retry=0))
+    mine.ask().suggest_float("x", 0, 1)
+    with sqlite3.connect(tmp_path / "study.db") as con:
+        con.execute("UPDATE trials SET datetime_start = '2021-06-01 12:00:00.000000' WHERE number = 0")
+    optuna.storages.fail_stale_trials(mine)
+    assert [t.state for t in mine.get_trials(deepcopy=False)] == [TrialState.RUNNING]
+    other = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=2,
+                                                                   max_retry=0))
+    optuna.storages.fail_stale_trials(other)
+    assert [t.state for t in other.get_trials(deepcopy=False)] == [TrialState.FAIL]
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -58,13 +58,21 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, self.BEAT, time.time())
 
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        self.own_trials = {*getattr(self, "own_trials", ()), trial_id}
+        return trial_id
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
         now = time.time()
         stale = []
+        own = getattr(self, "own_trials", set())  # asked here, maybe not started yet: this worker's to run or fail
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             # a retry inherits its original's system attributes, old beat included: its start counts too
             started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+            if trial._trial_id in own and trial.system_attrs.get(self.BEAT, 0.0) <= started:
+                continue
             if now - max(trial.system_attrs.get(self.BEAT, 0.0), started) > grace:
                 stale.append(trial._trial_id)
         return stale
@@ -81,6 +89,11 @@ class HeartbeatRDBStorage(RDBStorage):
     their start is older than the grace period: trials of an Optuna-2 worker (hydra-optuna-sweeper keeps no
     heartbeats) or of a worker killed before its first beat, which Optuna would leave RUNNING for ever."""
 
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)  # what create_new_trial and Optuna's cache call
+        self.own_trials = {*getattr(self, "own_trials", ()), trial._trial_id}
+        return trial
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
         grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
@@ -88,8 +101,9 @@ class HeartbeatRDBStorage(RDBStorage):
         with _create_scoped_session(self.scoped_session) as session:
             beating = {i for (i,) in session.query(models.TrialHeartbeatModel.trial_id)
                        .filter(models.TrialHeartbeatModel.trial_id.in_(running))}
-        silent = [i for i, start in running.items() if i not in beating and i not in stale and start is not None
-                  and datetime.now(start.tzinfo) - start > grace]
+        own = getattr(self, "own_trials", set())  # asked by this worker, perhaps waiting for their turn in a batch
+        silent = [i for i, start in running.items() if i not in beating and i not in stale and i not in own
+                  and start is not None and datetime.now(start.tzinfo) - start > grace]
         return stale + silent
 
 
