@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,8 +173,22 @@ def _decode_chunk(chunk: _Chunk) -> tuple[int, list[tuple[int, str]], np.ndarray
 def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     # Pool.terminate() stops workers with SIGTERM: a forked worker inherits the parent's Python handler (a run's
-    # pre-emption handler only sets a flag), which would keep it alive and hang terminate's join
+    # pre-emption handler only sets a flag), which would keep it alive and hang terminate's join. The worker was
+    # started with SIGTERM blocked (`_started_pool`), so one sent before this line waits here and then kills it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _started_pool(method: str, workers: int) -> Any:
+    """A process pool whose workers begin with SIGTERM blocked until `_quiet_worker` makes it fatal again."""
+    blocks = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if blocks else None
+    try:
+        return multiprocessing.get_context(method).Pool(workers, initializer=_quiet_worker)
+    finally:
+        if blocks:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a SIGTERM meanwhile reaches this process now
 
 
 def _run(chunks: list[_Chunk], workers: int) -> Iterator[tuple[int, list[tuple[int, str]], np.ndarray, np.ndarray]]:
@@ -183,7 +198,7 @@ def _run(chunks: list[_Chunk], workers: int) -> Iterator[tuple[int, list[tuple[i
         yield from map(_decode_chunk, chunks)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-imports
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_quiet_worker)
+    pool = _started_pool(method, workers)
     try:
         yield from pool.imap(_decode_chunk, chunks)
         pool.close()
