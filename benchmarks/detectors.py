@@ -145,16 +145,27 @@ def matches(found: np.ndarray, truth: list[tuple]) -> tuple[int, int]:
     return hits, len(found) - len(used)
 
 
-def score(detect: Any, sets: dict[str, Any], frame: np.ndarray, frames: int) -> dict[str, Any]:
-    """Recall and false faces per set, and the median ms per 640x480 frame."""
-    row: dict[str, Any] = {}
-    for name in ("real", "synthetic"):
+SCORED = ("real", "synthetic", "face_free")  # the sets, in the order their boxes are tallied
+
+
+def tally(sets: dict[str, Any], boxes: Any) -> dict[str, Any]:
+    """(hits, faces, false faces) per set with faces, and the false faces of the face-free set, from the boxes found
+    in every image of SCORED in order."""
+    boxes, row = iter(boxes), {}
+    for name in SCORED[:2]:
         hits = false = total = 0
-        for image, truth in sets[name]:
-            h, f = matches(detect(image), truth)
+        for _, truth in sets[name]:
+            h, f = matches(next(boxes), truth)
             hits, false, total = hits + h, false + f, total + len(truth)
         row[name] = (hits, total, false)
-    row["face_free"] = sum(len(detect(image)) for image in sets["face_free"])
+    row["face_free"] = sum(len(next(boxes)) for _ in sets["face_free"])
+    return row
+
+
+def score(detect: Any, sets: dict[str, Any], frame: np.ndarray, frames: int) -> dict[str, Any]:
+    """Recall and false faces per set, and the median ms per 640x480 frame."""
+    images = [img for name in SCORED[:2] for img, _ in sets[name]] + list(sets["face_free"])
+    row = tally(sets, (detect(image) for image in images))
     for _ in range(3):
         detect(frame)
     times = []
@@ -219,7 +230,7 @@ SETUPS = {
 
 def external_row(kind: str, python: str, sets: dict[str, Any], frame: np.ndarray, frames: int) -> dict[str, Any]:
     """A detector in another interpreter (one thread): every image through a file, boxes back as JSON."""
-    images = [img for name in ("real", "synthetic") for img, _ in sets[name]] + list(sets["face_free"])
+    images = [img for name in SCORED[:2] for img, _ in sets[name]] + list(sets["face_free"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "images.npz"
         np.savez(path, frame=frame, **{f"i{k}": img for k, img in enumerate(images)})
@@ -228,15 +239,7 @@ def external_row(kind: str, python: str, sets: dict[str, Any], frame: np.ndarray
                              check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "GLOG_minloglevel": "3"})
     result = json.loads(out.stdout.strip().splitlines()[-1])
     answers = iter(np.asarray(b).reshape(-1, 4) for b in result["boxes"])
-    row: dict[str, Any] = {"ms": result["ms"]}
-    for name in ("real", "synthetic"):
-        hits = false = total = 0
-        for _, truth in sets[name]:
-            h, f = matches(next(answers), truth)
-            hits, false, total = hits + h, false + f, total + len(truth)
-        row[name] = (hits, total, false)
-    row["face_free"] = sum(len(next(answers)) for _ in sets["face_free"])
-    return row
+    return {"ms": result["ms"], **tally(sets, answers)}
 
 
 def measure(quick: bool) -> list[tuple[str, dict[str, Any]]]:
