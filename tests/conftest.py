@@ -216,10 +216,12 @@ SLOW_FIXTURES = {"trained", "ckpt", "ferlab_cli"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Mark `slow` what SLOW_MODULES and SLOW_FIXTURES name."""
+    """Mark `slow` what SLOW_MODULES and SLOW_FIXTURES name, and run the slow tests first (in their files' order):
+    the xdist workers then end on short tests, not one waiting out another's minute-long sweep."""
     for item in items:
         if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
