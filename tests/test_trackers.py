@@ -211,9 +211,10 @@ def test_a_tracker_lost_during_the_run_costs_one_warning_not_the_run(make_cfg, c
     assert metrics["epochs"] == 1 and (Path(cfg.paths.output_dir) / "metrics.json").is_file()
 
 
-def test_a_crash_marks_the_mlflow_run_failed(make_cfg):
+def test_a_crash_marks_the_mlflow_run_failed(make_cfg, monkeypatch):
     from mlflow import MlflowClient
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_cfg(*TINY, "logger=mlflow", "test=false", "+callbacks.crash._target_=tests.test_resume.FailAtEpochStart",
                    "+callbacks.crash.epoch=1", fast=False)  # the local store
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -221,6 +222,9 @@ def test_a_crash_marks_the_mlflow_run_failed(make_cfg):
     stored = json.loads((Path(cfg.paths.output_dir) / "trackers.json").read_text())["mlflow"]
     run = MlflowClient(stored["tracking_uri"]).get_run(stored["run_id"])
     assert run.info.status == "FAILED" and run.data.metrics["epoch"] == 0  # the first epoch was logged
+    # this run's own store, and none left in the environment for the next run of the process to take as its own
+    assert stored["tracking_uri"] == f"sqlite:///{Path(cfg.paths.log_dir).resolve()}/mlflow.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 @pytest.mark.parametrize("package", ["mlflow", "wandb"])

@@ -31,10 +31,9 @@ BATCH = 100  # parameters or tags per request (MLflow's limit)
 
 
 @contextlib.contextmanager
-def _no_retries() -> Iterator[None]:
-    """MLflow's HTTP client without its retries (minutes against a server that is down), for the first contact."""
-    before = {k: os.environ.get(k) for k in PROBE_ENV}
-    os.environ.update(PROBE_ENV)
+def _env_kept(*keys: str) -> Iterator[None]:
+    """os.environ's `keys` as they were before the block, whatever it set."""
+    before = {k: os.environ.get(k) for k in keys}
     try:
         yield
     finally:
@@ -43,6 +42,14 @@ def _no_retries() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _no_retries() -> Iterator[None]:
+    """MLflow's HTTP client without its retries (minutes against a server that is down), for the first contact."""
+    with _env_kept(*PROBE_ENV):
+        os.environ.update(PROBE_ENV)
+        yield
 
 
 def local_store(uri: str) -> Path | None:
@@ -87,6 +94,14 @@ class TrackedMLFlowLogger(MLFlowLogger):
         super().__init__(**kwargs)
         self.log_best, self.run_dir = log_best, run_dir
         self.lost = False  # the tracker stopped answering during the run: the rest is logged locally only
+
+    @property
+    def experiment(self) -> Any:
+        """Lightning's client, without the MLFLOW_TRACKING_URI that its mlflow.set_tracking_uri leaves in os.environ:
+        the next run in this process (a sweep's next job, a notebook's next run) would read it as its own default
+        `logger.mlflow.tracking_uri` and log into this run's store."""
+        with _env_kept("MLFLOW_TRACKING_URI"):
+            return super().experiment
 
     def describe(self) -> str:
         return f"MLflow at {self._tracking_uri}"
