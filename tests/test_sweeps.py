@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from ferlab.search.sweep import NO_DATA_HINT
 from tests.conftest import run_cli
 
-TINY = ["data.source.num_images=300", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+TINY = ["data.source.num_images=200", "model.width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0",
         "data.batch_size=16", "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
 QUIET = [*TINY, "logger=none", "test=false"]

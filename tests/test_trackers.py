@@ -24,7 +24,7 @@ from ferlab.tasks.train import run_train
 from tests.conftest import forkserver
 
 # two epochs of two training batches and one validation batch each
-TINY = ["data.source.num_images=300", "data.batch_size=16", "model.width=8", "trainer.max_epochs=2",
+TINY = ["data.source.num_images=200", "data.batch_size=16", "model.width=8", "trainer.max_epochs=2",
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
         "trainer.num_sanity_val_steps=0", "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
 # Optuna's grid over the two optimizers, in place of the preset's TPE space (as tests/test_sweeps.py)
@@ -143,12 +143,18 @@ def _flat(config: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _wandb_records(path: Path) -> list[dict]:
-    """The records of a .wandb transaction log, as W&B's own reader (`wandb leet inspect --json`) prints them."""
-    r = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)], capture_output=True,
-                       text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+def _wandb_records(path: Path, capfd: pytest.CaptureFixture) -> list[dict]:
+    """The records of a .wandb transaction log, as W&B's own reader (`wandb leet inspect --json`) prints them: the
+    command's function, called here (it runs the wandb-core reader and exits with its status), saves the ~1 s of a
+    new interpreter importing wandb's CLI."""
+    from wandb.cli.leet import launch_inspect
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as done:
+        launch_inspect(str(path), json_output=True)
+    out, err = capfd.readouterr()
+    assert done.value.code == 0, err[-2000:]
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def _wandb_run(records: list[dict]) -> dict:
@@ -261,7 +267,7 @@ def test_an_unknown_logger_is_one_line_listing_the_loggers(tmp_path, capsys, mon
 # ---- against the server (its start-up overlapped the tests above) ------------------------------------------------
 
 def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensorboard(tmp_path, server, wandb_env,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, capfd):
     """`logger=[many,wandb]`: TensorBoard + CSV + MLflow (a real server) + W&B offline, two trials (one pruned)."""
     from mlflow import MlflowClient
     from optuna.trial import TrialState
@@ -309,7 +315,7 @@ def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensor
         assert stored["mlflow"]["run_id"] == run.info.run_id and stored["mlflow"]["tracking_uri"] == server
 
         (log,) = _offline_runs(job)  # W&B, offline: the same names, config, metrics and the sweep as the group
-        wb = _wandb_run(_wandb_records(log))
+        wb = _wandb_run(_wandb_records(log, capfd))
         assert wb["run"]["display_name"] == names[job.name] and wb["run"]["run_group"] == sweep.name
         assert wb["run"]["run_id"] == stored["wandb"]["id"] and wb["exit"] == 0
         assert wb["config"] == _expected_config(job, names[job.name])
@@ -323,7 +329,7 @@ def test_an_optuna_search_logs_each_trial_to_mlflow_and_wandb_named_as_in_tensor
 
 
 def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_continues_the_same_runs(
-        make_cfg, tmp_path, server, wandb_env):
+        make_cfg, tmp_path, server, wandb_env, capfd):
     from mlflow import MlflowClient
 
     run = tmp_path / "stopped"
@@ -341,7 +347,7 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_contin
     client = MlflowClient(server)
     assert client.get_run(stored["mlflow"]["run_id"]).info.status == "KILLED"
     (first,) = _offline_runs(run)
-    stopped = _wandb_run(_wandb_records(first))
+    stopped = _wandb_run(_wandb_records(first, capfd))
     assert stopped["exit"] == 128 + signal.SIGINT  # W&B: failed, with the stop's status
 
     metrics = run_train(make_cfg(*common, f"ckpt_path={run}", "logger.mlflow.log_model=true",
@@ -356,7 +362,7 @@ def test_a_run_stopped_by_ctrl_c_is_killed_in_the_trackers_and_its_resume_contin
     assert [a.path for a in client.list_artifacts(only.info.run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
 
     (second,) = [p for p in _offline_runs(run) if p != first]  # offline: one folder per attempt
-    logs = [stopped, _wandb_run(_wandb_records(second))]
+    logs = [stopped, _wandb_run(_wandb_records(second, capfd))]
     assert {w["run"]["run_id"] for w in logs} == {stored["wandb"]["id"]}
     assert sorted(w["exit"] for w in logs) == [0, 128 + signal.SIGINT]
     epochs = {**_epochs(logs[0]["history"], "val/acc"), **_epochs(logs[1]["history"], "val/acc")}
