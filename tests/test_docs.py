@@ -5,11 +5,15 @@ resolve, and what each marker promises holds (docs/developing.md, "Shell blocks 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,17 +243,103 @@ def _matches(expected: str, actual: str) -> bool:
     return re.search(pattern, actual, re.S) is not None
 
 
+# The run blocks' `ferlab`: a shim that hands its command line, folder, environment and stdin/stdout/stderr to a
+# server forked from the suite's forkserver (torch, Lightning, Hydra and ferlab imported, tests/conftest.py), which
+# forks `ferlab <args>` from itself and answers its exit status. A new interpreter spent ~3-5 s importing per command
+# (a page runs up to six); what a command prints and returns is the same. The entry point itself: test_cli.py.
+SHIM = """#!{python} -S
+import json, os, socket, sys
+request = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
+with socket.socket(socket.AF_UNIX) as server:
+    server.connect({address!r})
+    socket.send_fds(server, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
+    status = int(server.makefile().readline())
+sys.exit(status if status >= 0 else 128 - status)
+"""
+
+
+def _ferlab_child(request: dict, fds: list[int]) -> None:
+    """`ferlab <argv>` in this forked process, as a new interpreter runs it: the shim's stdin/stdout/stderr,
+    folder and environment, default SIGINT/SIGTERM; exits with SystemExit's code, 1 after a traceback."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    import atexit
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    code = 0
+    try:
+        from ferlab.cli import main
+
+        main(request["argv"])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) or stop.code is None else (print(stop.code, file=sys.stderr) or 1)
+    except BaseException:  # noqa: BLE001  (the interpreter's own last resort)
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+def _serve(address: str) -> None:
+    """Run each shim's command in a process forked from this one, one at a time (a page's script is sequential)."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(address + ".tmp")
+        listener.listen()
+        os.rename(address + ".tmp", address)  # connectable once it exists
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                head, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+                size, data = int.from_bytes(head[:8], "big"), head[8:]
+                while len(data) < size:
+                    data += conn.recv(1 << 16)
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    _ferlab_child(json.loads(data), fds)
+                for fd in fds:
+                    os.close(fd)
+                conn.sendall(f"{os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}\n".encode())
+
+
+@pytest.fixture(scope="module")
+def ferlab_bin(tmp_path_factory) -> Path:
+    """A folder holding the `ferlab` shim of this checkout, its server running."""
+    from tests.conftest import forkserver
+
+    folder = tmp_path_factory.mktemp("ferlab_bin")
+    address = str(folder / "ferlab.sock")
+    server = forkserver().Process(target=_serve, args=(address,))  # not a daemon: its commands may start processes
+    server.start()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(address):
+        assert server.is_alive() and time.monotonic() < deadline, "the run blocks' ferlab server did not start"
+        time.sleep(0.02)
+    (folder / "ferlab").write_text(SHIM.format(python=sys.executable, address=address))
+    (folder / "ferlab").chmod(0o755)
+    yield folder
+    server.kill()
+    server.join()
+
+
 @pytest.mark.slow  # real ferlab commands, page by page
 @pytest.mark.parametrize("page", RUN_PAGES, ids=[p.name for p in RUN_PAGES])
-def test_run_blocks_run_as_written(page, tmp_path):
-    bin_dir, work = tmp_path / "bin", tmp_path / "work"
-    bin_dir.mkdir()
+def test_run_blocks_run_as_written(page, tmp_path, ferlab_bin):
+    work = tmp_path / "work"
     work.mkdir()
-    shim = bin_dir / "ferlab"  # the `ferlab` command of this checkout, whatever is installed
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ferlab "$@"\n')
-    shim.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERLAB_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", HOME=str(tmp_path), OMP_NUM_THREADS="1",
+    env.update(PATH=f"{ferlab_bin}{os.pathsep}{env.get('PATH', '')}", HOME=str(tmp_path), OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     script, checks = _script([b for b in SHELL_BLOCKS if b.page == page and b.kind == "run"])
     r = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=300)

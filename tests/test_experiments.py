@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from ferlab.config.runner import CONF_DIR
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
@@ -185,15 +185,24 @@ def test_ablation_expands_to_the_reports_table(make_cfg, name):
     assert seen == composed
 
 
+# No checkpoint files: nothing here reads them, and the 27 jobs' best.ckpt + last.ckpt (Adam states of VGGs with a
+# 25088x4096 layer) came to 4.3 GB a run. Saving checkpoints is tested where a test reads them (test_train, test_resume).
+NO_CHECKPOINTS = ["callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false"]
+
+
 def test_every_experiment_runs_a_smoke_epoch_in_one_multirun(ferlab_cli, tmp_path):
     r = ferlab_cli("train", "-m", "experiment=glob(*)", "debug=smoke", "data.source.num_images=300", "data.batch_size=4",
                    "data.eval_batch_size=8", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-                   "test=false", "logger=none", "callbacks.rich_model_summary=null", cwd=tmp_path).result(600)
+                   "test=false", "logger=none", "callbacks.rich_model_summary=null", *NO_CHECKPOINTS,
+                   cwd=tmp_path).result(600)
     sweep = next((tmp_path / "outputs" / "smoke" / "multiruns").iterdir())
     failed = {p.name: json.loads((p / "failed.json").read_text()) for p in sweep.iterdir() if (p / "failed.json").exists()}
     assert r.returncode == 0 and not failed, f"{failed}\n{r.stderr[-2000:]}"
-    data = json.loads(run_cli("report", str(sweep), "--format", "json", "--no-write", "--metrics", "val/acc", "epochs",
-                              cwd=tmp_path).stdout)
+    assert not list(sweep.rglob("*.ckpt")), "the smoke jobs were to write no checkpoint"
+    report = ferlab_cli("report", str(sweep), "--format", "json", "--no-write", "--metrics", "val/acc", "epochs",
+                        cwd=tmp_path).result(120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    data = json.loads(report.stdout)
     assert sorted(row["config"]["experiment"] for row in data["rows"]) == EXPERIMENTS
     for row in data["rows"]:
         assert row["metrics"]["val/acc"]["n"] == 1 and row["metrics"]["epochs"]["mean"] == 1  # one epoch each
@@ -246,7 +255,7 @@ def test_the_papers_recipes_train_on_their_datasets_layout(tmp_path):
     short = ["data.image_size=48", "data.batch_size=8", "data.eval_batch_size=16", "trainer.max_epochs=1",
              "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false", "logger=none",
              "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null", "trainer.num_sanity_val_steps=0",
-             "+data.decode_workers=1"]
+             "+data.decode_workers=1", *NO_CHECKPOINTS]
     recipes = {name: [] for name in ("rafdb_r18_msceleb", "rafdb_scn", "rafdb_eac", "rafdb_dan", "affectnet7_dan")}
     recipes["affectnet8_enet_b2"] = ["model.pretrained=null"]  # timm files: the backbone loaders' tests
     recipes["affectnet_va"] = []  # expression + valence/arousal from the AffectNet CSV's columns

@@ -19,8 +19,11 @@ from ferlab.models import FERNet, list_models
 from ferlab.models.registry import get_builder
 
 MODEL_DIR = Path(CONF_DIR) / "model"
-# name: (in_chans, side, classes, batch). Batch 1 at 224 keeps the VGGs' 20 GMAC forward affordable on a CPU.
+# name: (in_chans, side, classes, batch): the data keys a network is built with, and its test batch.
 SIZES = {"gray48": (1, 48, 7, 2), "rgb224": (3, 224, 5, 1)}
+# The side of rgb224's numerical pass. A network built for 224x224 whose config does not take data.image_size has the
+# same modules at any side, and 64x64 costs a VGG 1/12 of a 224x224 forward (~20 GMAC, seconds per pass on a CPU).
+NUMERIC_SIDE = 64
 STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
@@ -79,13 +82,20 @@ def train_loss(net: FERNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     return logits, nn.functional.cross_entropy(logits, y)
 
 
-def setup(name: str, size: str) -> tuple[FERNet, torch.Tensor, torch.Tensor, dict]:
-    """The model, a fixed batch (x, y), and a dict receiving cam_layer's output (gradient retained)."""
-    in_chans, side, classes, batch = SIZES[size]
-    net = build(name, in_chans, side, classes)
+def takes_image_size(name: str) -> bool:
+    """True when the model's config reads data.image_size (a network built for one input side, e.g. a ViT)."""
+    return "${data.image_size}" in OmegaConf.to_yaml(OmegaConf.load(MODEL_DIR / f"{name}.yaml"))
+
+
+def setup(name: str, size: str, side: int | None = None) -> tuple[FERNet, torch.Tensor, torch.Tensor, dict]:
+    """The model built for `size`, a fixed batch (x, y) of `side` (default: the built side), and a dict receiving
+    cam_layer's output (gradient retained)."""
+    in_chans, built_side, classes, batch = SIZES[size]
+    net = build(name, in_chans, built_side, classes)
     assert isinstance(net, FERNet) and isinstance(net.head, nn.Linear)
     assert (net.head.in_features, net.head.out_features) == (net.num_features, classes)
     torch.manual_seed(1)
+    side = side or built_side
     x, y = torch.randn(batch, in_chans, side, side), torch.randint(0, classes, (batch,))
     cam: dict = {}
 
@@ -143,10 +153,17 @@ def test_model_contract_gray48(name: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_model_contract_rgb224(name: str):
-    """ImageNet shape, batch 1 (VGG costs ~20 GMAC per 224x224 image on a CPU), in two passes: eval, then
-    train mode with BN/dropout frozen and gradients on. Equal logits show eval determinism and that nothing
-    but BN/dropout separates train from eval; that the gap exists with them is size-independent (gray48)."""
-    net, x, y, cam = setup(name, "rgb224")
+    """ImageNet shape, batch 1. The network as built for 3x224x224 and 5 classes runs a 224x224 image on the meta
+    device: output, embedding and cam_layer shapes, inferred without the arithmetic (~20 GMAC for a VGG). Its
+    numbers come from the same network with weights on an RGB image of NUMERIC_SIDE (224 when the config takes the
+    image size), in two passes: eval, then train mode with BN/dropout frozen and gradients on. Equal logits show
+    eval determinism and that nothing but BN/dropout separates train from eval; that the gap exists with them is
+    size-independent (gray48)."""
+    with torch.device("meta"):
+        net, x, y, cam = setup(name, "rgb224")
+        assert x.shape == (1, 3, 224, 224)
+        assert eval_pass(net, x, cam).shape == (1, 5)
+    net, x, y, cam = setup(name, "rgb224", side=None if takes_image_size(name) else NUMERIC_SIDE)
     logits = eval_pass(net, x, cam)
     assert logits.shape == (1, 5) and torch.isfinite(logits).all()
     frozen_logits, loss = train_loss(freeze_stochastic(net), x, y)
