@@ -82,7 +82,8 @@ class KillDuringEpoch(Callback):
         if epoch > self.epoch:
             self._wait_for_the_kill()
         if epoch == self.epoch:
-            kill = threading.Timer(self.fraction * (now - self.started), os.kill, (os.getpid(), signal.SIGKILL))
+            delay = self.fraction * (now - self.started) if self.started else 0.0
+            kill = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL))
             kill.daemon = True  # a run that ended first exits 0, and the test says so
             kill.start()
         self.started = now
@@ -150,8 +151,10 @@ def _same_weights(a: Path, b: Path) -> bool:
 # FAST on 200 faces in batches of 32: 160 to train, 5 steps an epoch (half of FAST's cost per epoch)
 SMALL = [*FAST, "data.source.num_images=200", "data.batch_size=32"]
 PER_EPOCH = 5
-# 3 epochs of 5 steps; dropout and the report's augmentation draw from the RNG at every step
-EXACT = ["trainer.max_epochs=3", "test=false", "seed=7", "augment=report001", "model.drop_rate=0.2"]
+# 3 epochs of 5 steps; dropout and the report's augmentation draw from the RNG at every step; best.ckpt is pinned
+# to epoch 0 (monitor epoch, mode min), so last.ckpt alone must follow every epoch
+EXACT = ["trainer.max_epochs=3", "test=false", "seed=7", "augment=report001", "model.drop_rate=0.2",
+         "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
 STEPS = 3 * PER_EPOCH
 
 
@@ -182,21 +185,18 @@ def test_rng_state_survives_weights_only_round_trip(tmp_path):
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
 
 
-def test_crash_at_epoch_boundary_then_resume_run_dir_is_bit_identical(make_cfg, tmp_path):
-    # best.ckpt is pinned to epoch 0 (monitor epoch, mode min): last.ckpt must still follow every epoch
-    common = [*SMALL, "trainer.max_epochs=3", "test=false", "seed=7", "callbacks.model_checkpoint.monitor=epoch",
-              "callbacks.model_checkpoint.mode=min"]
-    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}", fast=False))
+def test_crash_at_epoch_boundary_then_resume_run_dir_is_bit_identical(uninterrupted, make_cfg, tmp_path):
     crashed = tmp_path / "crashed"
     crash = ["+callbacks.crash._target_=tests.test_resume.FailAtEpochStart", "+callbacks.crash.epoch=2"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(make_cfg(*common, *crash, f"paths.output_dir={crashed}", fast=False))
+        run_train(make_cfg(*SMALL, *EXACT, *crash, f"paths.output_dir={crashed}", fast=False))
     assert _ckpt_epoch(crashed / LAST) == 1 and load_checkpoint(crashed / "checkpoints/best.ckpt")["epoch"] == 0
 
     events_before = len(list((crashed / "tensorboard").glob("events.out.tfevents.*")))
-    resumed = run_train(make_cfg(*common, f"ckpt_path={crashed}", f"paths.output_dir={tmp_path / 'resumer'}",
+    resumed = run_train(make_cfg(*SMALL, *EXACT, f"ckpt_path={crashed}", f"paths.output_dir={tmp_path / 'resumer'}",
                                  fast=False))
-    assert _same_weights(tmp_path / "ref" / LAST, crashed / LAST)
+    ref = uninterrupted
+    assert _same_weights(ref["dir"] / LAST, crashed / LAST)
     assert resumed["history"] == ref["history"]  # every logged number of every epoch, not just the last weights
     assert resumed["global_step"] == ref["global_step"] and resumed["epochs"] == 3
     # the run continued in place: one metrics.json, one checkpoint folder, one TensorBoard dir
@@ -253,7 +253,7 @@ def test_drawn_ferplus_targets_with_a_loader_worker_resume_exactly_mid_epoch(mak
     from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
     from ferlab.data.writers import ferplus_votes, write_ferplus_csv
 
-    images, labels, usage = make_dataset(SynthSpec(num_images=300, seed=6), cover_classes=True)
+    images, labels, usage = make_dataset(SynthSpec(num_images=200, seed=6), cover_classes=True)
     votes, names = ferplus_votes(labels, seed=6, not_face=0.03)
     common = ["data=ferplus", f"data.source.csv_path={write_fer2013_csv(tmp_path / 'fer2013.csv', images, labels, usage)}",
               f"data.source.ferplus_path={write_ferplus_csv(tmp_path / 'fer2013new.csv', votes, usage, names)}",
