@@ -8,10 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,24 +75,6 @@ def _ferlab(installed: dict, cwd: Path, *args: str) -> subprocess.CompletedProce
     return _run([sys.executable, "-m", "ferlab", *args], cwd=cwd, env=installed["env"])
 
 
-@contextmanager
-def _running(installed: dict, cwd: Path, *args: str) -> Iterator[None]:
-    """`ferlab <args>` (a training run) in the background while the block runs the quick commands beside it; it
-    must then end with status 0 (killed if the block fails)."""
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ferlab", *args], cwd=cwd, env=installed["env"], text=True,
-                                stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        proc.wait(timeout=300)
-        out.seek(0)
-        assert proc.returncode == 0, f"ferlab {' '.join(args)}\n{out.read()[-3000:]}"
-
-
 def _one_run(outputs: Path) -> Path:
     runs = list(outputs.glob("*/runs/*"))
     assert len(runs) == 1, runs
@@ -103,13 +82,14 @@ def _one_run(outputs: Path) -> Path:
 
 
 def test_wheel_trains_from_an_empty_folder(installed, tmp_path):
-    with _running(installed, tmp_path, "train", "debug=smoke", *SMALL):
-        where = _ferlab(installed, tmp_path, "--version")  # the installed copy: no checkout, so no git commit
-        code = "import ferlab, ferlab.config.runner; print(ferlab.__file__); print(ferlab.config.runner.CONF_DIR)"
-        imported = _run([sys.executable, "-c", code], cwd=tmp_path, env=installed["env"]).stdout.split()
-        site = installed["site"].resolve()
-        assert all(Path(p).resolve().is_relative_to(site) for p in imported), imported
-        assert where.stdout.strip().startswith("ferlab ") and "git" not in where.stdout
+    where = _ferlab(installed, tmp_path, "--version")  # the installed copy: no checkout, so no git commit
+    code = "import ferlab, ferlab.config.runner; print(ferlab.__file__); print(ferlab.config.runner.CONF_DIR)"
+    imported = _run([sys.executable, "-c", code], cwd=tmp_path, env=installed["env"]).stdout.split()
+    site = installed["site"].resolve()
+    assert all(Path(p).resolve().is_relative_to(site) for p in imported), imported
+    assert where.stdout.strip().startswith("ferlab ") and "git" not in where.stdout
+
+    _ferlab(installed, tmp_path, "train", "debug=smoke", *SMALL)
     run = _one_run(tmp_path / "outputs")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ferlab"]["commit"] is None and where.stdout.split()[1] == metrics["ferlab"]["version"]
@@ -159,15 +139,15 @@ def test_wheel_with_the_users_own_configs(installed, tmp_path):
     project = tmp_path / "project"
     starter = _ferlab(installed, tmp_path, "init", str(project)).stdout
     assert "ferlab train experiment=my_experiment" in starter
+    composed = _ferlab(installed, project, "train", "experiment=my_experiment", "--cfg", "job").stdout
+    assert "task_name: my_experiment" in composed and "ferlab.models.resnet.resnet18\n" in composed  # report001's
 
     (project / "conf" / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  data_dir: ${paths.root_dir}/faces\n")
     (project / "conf" / "model").mkdir()
     (project / "conf" / "model" / "tiny_net.yaml").write_text(USER_MODEL)
     (project / "conf" / "experiment" / "tiny.yaml").write_text(USER_EXPERIMENT)
     (project / "mynets.py").write_text(USER_NET)  # python -m puts the current folder on the import path
-    with _running(installed, project, "train", "experiment=tiny", "callbacks.rich_progress_bar=null", *SMALL[1:]):
-        composed = _ferlab(installed, project, "train", "experiment=my_experiment", "--cfg", "job").stdout
-        assert "task_name: my_experiment" in composed and "ferlab.models.resnet.resnet18\n" in composed  # report001's
+    _ferlab(installed, project, "train", "experiment=tiny", "callbacks.rich_progress_bar=null", *SMALL[1:])
     run = _one_run(project / "outputs")
     assert run.parts[-3] == "tiny" and "_target_: mynets.TinyNet" in (run / ".hydra" / "config.yaml").read_text()
     assert (run / "checkpoints" / "last.ckpt").is_file()
