@@ -94,21 +94,19 @@ def test_multirun_over_two_values_makes_two_run_dirs(ferlab_cli, tmp_path):
     assert "seed=1" in (runs[0] / ".hydra" / "overrides.yaml").read_text()
 
 
-def test_default_train_output_has_no_lightning_tip_and_no_flops_column(tmp_path):
-    r = run_cli("train", *[a for a in TINY if not a.startswith("callbacks.")], "test=false", cwd=tmp_path)
+def test_default_train_output_has_no_lightning_tip_and_no_flops_column(ferlab_cli, tmp_path):
+    r = ferlab_cli("train", *[a for a in TINY if not a.startswith("callbacks.")], "test=false", cwd=tmp_path).result(300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Trainable params" in out and "│ net " in out  # the model summary is still printed...
     assert "FLOPs" not in out and "litlogger" not in out and "TPU available" not in out  # ...without the noise
 
 
-def test_two_runs_started_together_get_different_dirs(tmp_path):
-    args = [sys.executable, "-m", "ferlab", "train", *TINY]
-    env = {"FERLAB_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for _ in range(2)]
+def test_two_runs_started_together_get_different_dirs(ferlab_cli, tmp_path):
+    procs = [ferlab_cli("train", *TINY, cwd=tmp_path) for _ in range(2)]  # two processes, started within ms
     for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+        r = p.result(300)
+        assert r.returncode == 0, r.stderr[-2000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").exists() for r in runs)
 

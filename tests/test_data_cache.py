@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,8 +26,6 @@ from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
 from ferlab.data.writers import write_fer5_folders
 from ferlab.errors import FerlabError
 from ferlab.labels import FER5
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -185,31 +181,39 @@ def test_face_boxes_are_clamped_and_cropped_before_resizing(tmp_path):
         images_mod.decode_images(paths[:1], 8, 1, boxes=np.array([[70, 0, 10, 10]]))
 
 
-MEMORY_RUN = """
-import json, resource, sys
-from ferlab.config.runner import compose_run
-from ferlab.tasks.train import run_train
+def _memory_run(root: str, cache: str, out: str) -> None:
+    """In a process of its own: peak RSS after the same images and steps from a 2 MB cache, then from a 300 MB one,
+    written to `out` as JSON (what the process prints goes to `out`.log)."""
+    import resource
 
-root, cache = sys.argv[1], sys.argv[2]
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-peaks = []
-for size in (16, 224):  # the same images and steps from a 2 MB cache, then from a 300 MB one
-    cfg = compose_run("train", [f"paths.root_dir={root}", "data=fer5", f"data.source.root={root}/fer5",
-                      f"paths.cache_dir={cache}", f"data.source.image_size={size}", "data.image_size=16",
-                      "data.batch_size=16", "data.eval_batch_size=16", "model.width=8", "augment=none", "trainer.max_epochs=1",
-                      "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2",
-                      "test=false", "logger=none",
-                      "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"], f"{root}/run{size}")
-    run_train(cfg)
-    peaks.append(peak())
-print(json.dumps(peaks))
-"""
+    import torch
+
+    from ferlab.config.runner import compose_run
+    from ferlab.tasks.train import run_train
+
+    log = os.open(f"{out}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    torch.set_num_threads(1)  # one thread: a busy machine does not slow it down
+    peaks = []
+    for size in (16, 224):
+        cfg = compose_run("train", [f"paths.root_dir={root}", "data=fer5", f"data.source.root={root}/fer5",
+                          f"paths.cache_dir={cache}", f"data.source.image_size={size}", "data.image_size=16",
+                          "data.batch_size=16", "data.eval_batch_size=16", "model.width=8", "augment=none",
+                          "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "trainer.limit_train_batches=60",
+                          "trainer.limit_val_batches=2", "test=false", "logger=none", "callbacks.rich_progress_bar=null",
+                          "callbacks.rich_model_summary=null"], f"{root}/run{size}")
+        run_train(cfg)
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    Path(out).write_text(json.dumps(peaks))
 
 
 def test_training_on_a_large_cache_keeps_resident_memory_far_below_its_size(tmp_path):
     """Peak RSS of 60 steps (960 random images, more than half the set) over a 300 MB cache minus that of the same
-    steps over a 2 MB one: without the mapping (and its release) it would be the whole cache, twice."""
+    steps over a 2 MB one: without the mapping (and its release) it would be the whole cache, twice. The runs are
+    a process of their own, forked from the suite's preloaded server (torch and Lightning imported already)."""
+    from tests.conftest import forkserver
+
     root, rng = tmp_path, np.random.default_rng(0)
     for i in range(2000):
         folder = root / "fer5" / ("test" if (i // 5) % 10 == 0 else "train") / FER5[i % 5]
@@ -219,12 +223,12 @@ def test_training_on_a_large_cache_keeps_resident_memory_far_below_its_size(tmp_
         load_or_build(ImageFolders(str(root / "fer5"), FER5, image_size=size, channels=3), root / "cache")
     big = max(root.joinpath("cache").glob("*.npy"), key=lambda p: p.stat().st_size).stat().st_size
     assert big > 300e6
-    env = {**os.environ, "OMP_NUM_THREADS": "1",  # one thread: a busy machine does not slow it down
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(root), str(root / "cache")], capture_output=True,
-                         text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    small_peak, big_peak = json.loads(out.stdout.strip().splitlines()[-1])
+    out = root / "peaks.json"
+    proc = forkserver().Process(target=_memory_run, args=(str(root), str(root / "cache"), str(out)))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == 0 and out.exists(), Path(f"{out}.log").read_text()[-3000:]
+    small_peak, big_peak = json.loads(out.read_text())
     assert big_peak - small_peak < 0.3 * big, (small_peak / 1e6, big_peak / 1e6, big / 1e6)
 
 

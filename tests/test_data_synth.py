@@ -58,17 +58,24 @@ def test_refuses_to_overwrite_a_folder_unless_asked(written, capsys):
     assert len(ImageFolders(str(written / "fer5"), FER5, image_size=16, channels=1).read().targets) == 20
 
 
-def test_a_bad_row_ends_training_with_one_line_naming_file_and_line(ferlab_cli, tmp_path, written):
+def test_a_bad_row_ends_training_with_one_line_naming_file_and_line(tmp_path, written, capsys):
+    """In this process, as `ferlab train` runs it (Hydra's composition, then the guarded task)."""
+    from ferlab.config.runner import guarded
+    from ferlab.tasks.train import run_train
+    from tests.conftest import compose_cfg
+
     csv = tmp_path / "data" / "fer2013.csv"
     csv.parent.mkdir()
     lines = (written / "fer2013" / "fer2013.csv").read_text().splitlines()
     lines[7] = "3," + " ".join(["1"] * 2303) + ",Training"
     csv.write_text("\n".join(lines) + "\n")
     csv.chmod(0o444)  # read-only data is fine: ferlab only reads it
-    r = ferlab_cli("train", "data=fer2013", f"data.source.csv_path={csv}", "trainer.max_epochs=1",
-                   cwd=tmp_path).result(300)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == f"ferlab: error: {csv}:8: pixels has 2303 values, expected 2304"
+    cfg = compose_cfg(tmp_path, ["data=fer2013", f"data.source.csv_path={csv}", "trainer.max_epochs=1"])
+    with pytest.raises(SystemExit) as stop:
+        guarded(run_train, cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"ferlab: error: {csv}:8: pixels has 2303 values, expected 2304"
     assert [p.name for p in csv.parent.iterdir()] == ["fer2013.csv"]  # nothing written beside the data
 
 

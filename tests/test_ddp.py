@@ -51,8 +51,10 @@ def test_ddp_sim_spawn_trains_and_its_val_metrics_equal_one_process(make_cfg):
 
 
 def test_ddp_sim_test_metrics_equal_one_process(make_cfg):
-    # the same launcher with fork instead of spawn (the spawn path is covered above; fork starts in a second)
-    cfg = make_cfg("trainer=ddp_sim", "trainer.strategy.start_method=fork", "data.source.num_images=610")
+    # the same launcher with fork instead of spawn (the spawn path is covered above; fork starts in a second);
+    # one training step is enough to have weights to test, on all 61 test faces
+    cfg = make_cfg("trainer=ddp_sim", "trainer.strategy.start_method=fork", "data.source.num_images=610",
+                   "trainer.limit_train_batches=1")
     run = Path(cfg.paths.output_dir)
     metrics = run_train(cfg)
     test = _single_process_metrics(make_cfg, run, metrics["checkpoints"]["best"], "test")
@@ -130,9 +132,10 @@ def test_sigterm_to_the_workers_saves_says_where_in_one_line_and_resumes_exactly
 
     from ferlab.checkpoints.ckpt_file import load_checkpoint
     from ferlab.runs.runfiles import LAST
-    from tests.test_resume import EXACT, _same_weights
+    from tests.test_resume import EXACT, SMALL, _same_weights
 
-    ddp = ["trainer=ddp_sim", "trainer.strategy.start_method=fork", *EXACT]
+    # 200 faces: 80 training faces per rank, 2 steps of 32 an epoch; step 5 is inside the last epoch
+    ddp = ["trainer=ddp_sim", "trainer.strategy.start_method=fork", *SMALL, *EXACT]
     uninterrupted = run_train(make_cfg(*ddp, f"paths.output_dir={tmp_path / 'uninterrupted'}"))
     run = tmp_path / "run"
     cfg = make_cfg(*ddp, f"paths.output_dir={run}", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",

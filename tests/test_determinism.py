@@ -11,6 +11,7 @@ import torch
 from ferlab.tasks.train import run_train
 
 VARYING = ("wall_time_s", "checkpoints")  # clock time and the run's own paths
+SMALL = ["data.source.num_images=200", "data.batch_size=32"]  # 5 steps an epoch, 20 faces to validate and test
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def restore_determinism_flag():
 
 
 def _metrics(make_cfg, tmp_path: Path, name: str, seed: int) -> dict:
-    cfg = make_cfg("trainer.max_epochs=2", "trainer.deterministic=true", f"seed={seed}", "augment=default",
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=2", "trainer.deterministic=true", f"seed={seed}", "augment=default",
                    "model.drop_rate=0.2", f"paths.output_dir={tmp_path / name}")
     run_train(cfg)
     saved = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -41,7 +42,8 @@ def test_same_seed_same_metrics_json_and_another_seed_differs(make_cfg, tmp_path
 
 def test_channels_last_speed_option_trains_with_nhwc_weights(make_cfg, tmp_path):
     # the option benchmarks/overhead.py measures: weights stored channels-last, same training otherwise
-    cfg = make_cfg("+callbacks.channels_last._target_=ferlab.lit.speed.ChannelsLast", "test=false")
+    cfg = make_cfg(*SMALL, "trainer.limit_train_batches=2", "+callbacks.channels_last._target_=ferlab.lit.speed.ChannelsLast",
+                   "test=false")
     metrics = run_train(cfg)
     weights = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     conv = next(v for v in weights.values() if v.ndim == 4 and v.shape[1] > 1)  # 1 channel: both layouts agree

@@ -16,7 +16,6 @@ from ferlab.tasks.evaluate import run_eval
 from ferlab.tasks.explain import run_explain
 from ferlab.tasks.export import run_export
 from ferlab.tasks.predict import run_predict
-from tests.conftest import run_cli
 
 PRECIOUS = "the user's results, not to be touched\n"
 ZEN = "Beautiful is better than ugly"  # what `import this` prints
@@ -99,10 +98,10 @@ def test_refusal_names_the_key(hostile):
             restore(files[kind])
 
 
-def test_cli_refuses_with_one_line_and_leaves_the_users_file(hostile, tmp_path):
+def test_cli_refuses_with_one_line_and_leaves_the_users_file(hostile, ferlab_cli, tmp_path):
     files, precious, created = hostile
     precious.write_text(PRECIOUS)
-    r = run_cli("eval", f"ckpt_path={files['open']}", cwd=tmp_path)
+    r = ferlab_cli("eval", f"ckpt_path={files['open']}", cwd=tmp_path).result(300)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "refused model._args_" in r.stderr
     assert "Traceback" not in r.stderr and precious.read_text() == PRECIOUS

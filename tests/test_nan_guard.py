@@ -14,8 +14,7 @@ from ferlab.checkpoints.ckpt_file import load_checkpoint
 from ferlab.checkpoints.resilience import NonFiniteLoss
 from ferlab.config.runner import guarded
 from ferlab.tasks.train import run_train
-from tests.conftest import FAST
-from tests.test_resume import ferlab_proc  # noqa: F401  (fixture)
+from tests.test_resume import SMALL, ferlab_proc  # noqa: F401  (fixture)
 
 
 class BadAtStep(nn.CrossEntropyLoss):
@@ -46,27 +45,28 @@ def _finite(path: Path) -> bool:
 
 
 def test_nan_loss_stops_at_its_step_keeps_last_good_checkpoint_and_writes_failed_json(make_cfg, capsys):
-    # 7 steps per epoch: call 10 is epoch 1, global step 10 (batch 3 of the epoch)
-    cfg = make_cfg("trainer.max_epochs=3", "loss._target_=tests.test_nan_guard.BadAtStep", "+loss.step=10")
+    # 5 steps per epoch: call 7 is epoch 1, global step 7 (batch 2 of the epoch)
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=3", "loss._target_=tests.test_nan_guard.BadAtStep", "+loss.step=7",
+                   fast=False)
     run = Path(cfg.paths.output_dir)
     with pytest.raises(SystemExit) as exit_info:
         guarded(run_train, cfg)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ferlab: error: training loss is nan at epoch 1, global step 10")
+    assert len(err) == 1 and err[0].startswith("ferlab: error: training loss is nan at epoch 1, global step 7")
     assert str(run / "checkpoints" / "last.ckpt") in err[0]
     failed = json.loads((run / "failed.json").read_text())
-    assert failed["type"] == "NonFiniteLoss" and "global step 10" in failed["message"]
+    assert failed["type"] == "NonFiniteLoss" and "global step 7" in failed["message"]
     last = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert last["epoch"] == 0 and last["global_step"] == 7 and _finite(run / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0 and last["global_step"] == 5 and _finite(run / "checkpoints" / "last.ckpt")
     assert not (run / "metrics.json").exists()
 
 
 def test_nan_gradient_never_reaches_a_checkpoint(make_cfg):
-    # the last step of epoch 1 (call 13) leaves NaN weights with a finite loss; the epoch-end saves must refuse
-    cfg = make_cfg("trainer.max_epochs=3", "loss._target_=tests.test_nan_guard.BadAtStep", "+loss.step=13",
-                   "+loss.mode=grad")
-    with pytest.raises(NonFiniteLoss, match=r"weights became non-finite .* by epoch 1, global step 14"):
+    # the last step of epoch 1 (call 9) leaves NaN weights with a finite loss; the epoch-end saves must refuse
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=3", "loss._target_=tests.test_nan_guard.BadAtStep", "+loss.step=9",
+                   "+loss.mode=grad", fast=False)
+    with pytest.raises(NonFiniteLoss, match=r"weights became non-finite .* by epoch 1, global step 10"):
         run_train(cfg)
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
     assert load_checkpoint(ckpts / "last.ckpt")["epoch"] == 0
@@ -75,7 +75,7 @@ def test_nan_gradient_never_reaches_a_checkpoint(make_cfg):
 
 def test_huge_learning_rate_fails_the_job_but_not_the_sweep(ferlab_proc, tmp_path):  # noqa: F811
     sweep, log = tmp_path / "sweep", tmp_path / "log.txt"
-    proc = ferlab_proc("train", "-m", *FAST, "test=false", "optim.lr=1e30,0.001", f"hydra.sweep.dir={sweep}",
+    proc = ferlab_proc("train", "-m", *SMALL, "test=false", "optim.lr=1e30,0.001", f"hydra.sweep.dir={sweep}",
                        root=tmp_path, log=log)
     proc.join(300)
     assert proc.exitcode != 0  # the sweep reports that a job failed...

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -239,7 +238,7 @@ def test_existing_results_are_kept_unless_overwrite(ckpt, photo, tmp_path):
     assert (out / "predictions.csv").read_text().startswith("file,frame,face,x,y,w,h,label,prob,p_angry")
 
 
-def test_bad_inputs_are_one_line_errors_naming_the_file(ckpt, tmp_path):
+def test_bad_inputs_are_one_line_errors_naming_the_file(ckpt, ferlab_cli, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     notes = tmp_path / "notes.txt"
@@ -258,8 +257,8 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(ckpt, tmp_path):
         (f"input={bad_video}", f"ckpt_path={ckpt}", f"cannot open video {bad_video}"),
         (f"input={good}", f"ckpt_path={misfit}", f"{misfit}: weights do not fit the rebuilt model"),
     ]
-    with ThreadPoolExecutor(len(cases)) as pool:  # four independent processes: run them side by side
-        runs = list(pool.map(lambda c: run_cli("predict", c[1], c[0], "progress=false", cwd=tmp_path), cases))
+    started = [ferlab_cli("predict", c[1], c[0], "progress=false", cwd=tmp_path) for c in cases]  # side by side
+    runs = [p.result(300) for p in started]
     for (_, _, message), r in zip(cases, runs, strict=True):
         err = r.stderr.strip()
         assert r.returncode == 1 and err.count("\n") == 0 and err.startswith("ferlab: error:"), err[-2000:]

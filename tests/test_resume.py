@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,35 @@ class SlowSteps(Callback):
         time.sleep(self.seconds)
 
 
+class KillDuringEpoch(Callback):
+    """SIGKILLs its own process `fraction` of an epoch's time into epoch `epoch` (a step, validation or a save),
+    the epoch's time being the one before it in this process; it starts no later epoch, so a kill that comes late
+    lands on the boundary, never a further epoch on: each attempt ends one or two epochs on, however busy the CPU."""
+
+    def __init__(self, epoch: int, fraction: float) -> None:
+        self.epoch, self.fraction, self.started = epoch, fraction, None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        now, epoch = time.monotonic(), trainer.current_epoch
+        if epoch > self.epoch:
+            self._wait_for_the_kill()
+        if epoch == self.epoch:
+            delay = self.fraction * (now - self.started) if self.started else 0.0
+            kill = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL))
+            kill.daemon = True  # a run that ended first exits 0, and the test says so
+            kill.start()
+        self.started = now
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.epoch:
+            self._wait_for_the_kill()
+
+    @staticmethod
+    def _wait_for_the_kill() -> None:
+        while True:
+            time.sleep(1)
+
+
 def _ferlab_child(argv: list[str], root: str, log: str) -> None:
     torch.set_num_threads(1)
     # the dispositions a terminal's Python process starts with, whatever pytest inherited (nohup ignores SIGINT)
@@ -118,21 +148,27 @@ def _same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-# 3 epochs of 7 steps; dropout and the report's augmentation draw from the RNG at every step
-EXACT = ["trainer.max_epochs=3", "test=false", "seed=7", "augment=report001", "model.drop_rate=0.2"]
-STEPS = 21
+# FAST on 200 faces in batches of 32: 160 to train, 5 steps an epoch (half of FAST's cost per epoch)
+SMALL = [*FAST, "data.source.num_images=200", "data.batch_size=32"]
+PER_EPOCH = 5
+# 3 epochs of 5 steps; dropout and the report's augmentation draw from the RNG at every step; best.ckpt is pinned
+# to epoch 0 (monitor epoch, mode min), so last.ckpt alone must follow every epoch
+EXACT = ["trainer.max_epochs=3", "test=false", "seed=7", "augment=report001", "model.drop_rate=0.2",
+         "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+STEPS = 3 * PER_EPOCH
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     """metrics.json of an EXACT run never stopped, and its run dir under "dir"."""
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    return {**run_train(compose_cfg(run.parent, [*FAST, *EXACT, f"paths.output_dir={run}"])), "dir": run}
+    return {**run_train(compose_cfg(run.parent, [*SMALL, *EXACT, f"paths.output_dir={run}"])), "dir": run}
 
 
 def _resume_matches(uninterrupted: dict, run: Path, make_cfg, tmp_path: Path) -> None:
     """Resume `run` (stopped mid-way) in this process: its history and weights equal the uninterrupted run's."""
-    resumed = run_train(make_cfg(*EXACT, f"ckpt_path={run}", f"paths.output_dir={tmp_path / 'resumer'}"))
+    resumed = run_train(make_cfg(*SMALL, *EXACT, f"ckpt_path={run}", f"paths.output_dir={tmp_path / 'resumer'}",
+                                 fast=False))
     assert resumed["global_step"] == STEPS and resumed["history"] == uninterrupted["history"]
     assert _same_weights(run / LAST, uninterrupted["dir"] / LAST)
 
@@ -149,20 +185,18 @@ def test_rng_state_survives_weights_only_round_trip(tmp_path):
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
 
 
-def test_crash_at_epoch_boundary_then_resume_run_dir_is_bit_identical(make_cfg, tmp_path):
-    # best.ckpt is pinned to epoch 0 (monitor epoch, mode min): last.ckpt must still follow every epoch
-    common = ["trainer.max_epochs=3", "test=false", "seed=7", "callbacks.model_checkpoint.monitor=epoch",
-              "callbacks.model_checkpoint.mode=min"]
-    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}"))
+def test_crash_at_epoch_boundary_then_resume_run_dir_is_bit_identical(uninterrupted, make_cfg, tmp_path):
     crashed = tmp_path / "crashed"
     crash = ["+callbacks.crash._target_=tests.test_resume.FailAtEpochStart", "+callbacks.crash.epoch=2"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(make_cfg(*common, *crash, f"paths.output_dir={crashed}"))
+        run_train(make_cfg(*SMALL, *EXACT, *crash, f"paths.output_dir={crashed}", fast=False))
     assert _ckpt_epoch(crashed / LAST) == 1 and load_checkpoint(crashed / "checkpoints/best.ckpt")["epoch"] == 0
 
     events_before = len(list((crashed / "tensorboard").glob("events.out.tfevents.*")))
-    resumed = run_train(make_cfg(*common, f"ckpt_path={crashed}", f"paths.output_dir={tmp_path / 'resumer'}"))
-    assert _same_weights(tmp_path / "ref" / LAST, crashed / LAST)
+    resumed = run_train(make_cfg(*SMALL, *EXACT, f"ckpt_path={crashed}", f"paths.output_dir={tmp_path / 'resumer'}",
+                                 fast=False))
+    ref = uninterrupted
+    assert _same_weights(ref["dir"] / LAST, crashed / LAST)
     assert resumed["history"] == ref["history"]  # every logged number of every epoch, not just the last weights
     assert resumed["global_step"] == ref["global_step"] and resumed["epochs"] == 3
     # the run continued in place: one metrics.json, one checkpoint folder, one TensorBoard dir
@@ -202,13 +236,13 @@ def test_ckpt_path_values_resolve_as_documented(make_cfg, tmp_path):
 
 def test_sigusr1_saves_mid_epoch_checkpoint_and_raises_preempted(make_cfg, tmp_path):
     before = signal.getsignal(signal.SIGUSR1)
-    cfg = make_cfg("trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
-                   "+callbacks.sig.step=10", f"+callbacks.sig.signum={int(signal.SIGUSR1)}")
-    with pytest.raises(Preempted, match="stopped by SIGUSR1 at epoch 1, step 10") as info:
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                   "+callbacks.sig.step=7", f"+callbacks.sig.signum={int(signal.SIGUSR1)}", fast=False)
+    with pytest.raises(Preempted, match="stopped by SIGUSR1 at epoch 1, step 7") as info:
         run_train(cfg)
     assert info.value.code == 128 + signal.SIGUSR1
     saved = load_checkpoint(Path(cfg.paths.output_dir) / LAST)
-    assert saved["global_step"] == 10 and saved["epoch"] == 1  # the batch in flight finished, then the save
+    assert saved["global_step"] == 7 and saved["epoch"] == 1  # the batch in flight finished, then the save
     assert signal.getsignal(signal.SIGUSR1) == before  # handlers restored after the run
 
 
@@ -219,7 +253,7 @@ def test_drawn_ferplus_targets_with_a_loader_worker_resume_exactly_mid_epoch(mak
     from ferlab.data.synthetic import SynthSpec, make_dataset, write_fer2013_csv
     from ferlab.data.writers import ferplus_votes, write_ferplus_csv
 
-    images, labels, usage = make_dataset(SynthSpec(num_images=300, seed=6), cover_classes=True)
+    images, labels, usage = make_dataset(SynthSpec(num_images=200, seed=6), cover_classes=True)
     votes, names = ferplus_votes(labels, seed=6, not_face=0.03)
     common = ["data=ferplus", f"data.source.csv_path={write_fer2013_csv(tmp_path / 'fer2013.csv', images, labels, usage)}",
               f"data.source.ferplus_path={write_ferplus_csv(tmp_path / 'fer2013new.csv', votes, usage, names)}",
@@ -242,11 +276,11 @@ def test_sigterm_at_a_random_batch_exits_143_and_resumes_exactly(ferlab_proc, un
     run, log = tmp_path / "run", tmp_path / "log.txt"
     sig = ["+callbacks.sig._target_=tests.test_resume.SignalAtStep", f"+callbacks.sig.step={step}",
            f"+callbacks.sig.signum={int(signal.SIGTERM)}"]
-    proc = ferlab_proc("train", *FAST, *EXACT, *sig, f"hydra.run.dir={run}", root=tmp_path, log=log)
+    proc = ferlab_proc("train", *SMALL, *EXACT, *sig, f"hydra.run.dir={run}", root=tmp_path, log=log)
     proc.join(180)
     assert proc.exitcode == 143, log.read_text()[-2000:]
     errors = [line for line in log.read_text().splitlines() if line.startswith("ferlab: error:")]
-    assert len(errors) == 1 and f"stopped by SIGTERM at epoch {step // 7}, step {step}" in errors[0]
+    assert len(errors) == 1 and f"stopped by SIGTERM at epoch {step // PER_EPOCH}, step {step}" in errors[0]
     assert f"resume with ckpt_path={run}" in errors[0] and "Traceback" not in log.read_text()
     assert load_checkpoint(run / LAST)["global_step"] == step
     assert json.loads((run / "failed.json").read_text())["type"] == "Preempted"
@@ -258,10 +292,10 @@ def test_sigterm_at_a_random_batch_exits_143_and_resumes_exactly(ferlab_proc, un
 def test_ctrl_c_at_a_random_moment_exits_130_with_one_line_and_resumes_exactly(ferlab_proc, uninterrupted, make_cfg,
                                                                                tmp_path):
     run, log = tmp_path / "run", tmp_path / "log.txt"
-    slow = ["+callbacks.slow._target_=tests.test_resume.SlowSteps", "+callbacks.slow.seconds=0.1"]  # 0.7 s per epoch
-    proc = ferlab_proc("train", *FAST, *EXACT, *slow, f"hydra.run.dir={run}", root=tmp_path, log=log)
+    slow = ["+callbacks.slow._target_=tests.test_resume.SlowSteps", "+callbacks.slow.seconds=0.1"]  # 0.5 s per epoch
+    proc = ferlab_proc("train", *SMALL, *EXACT, *slow, f"hydra.run.dir={run}", root=tmp_path, log=log)
     _wait(lambda: not proc.is_alive() or _ckpt_epoch(run / LAST) >= 0)  # epoch 0 done
-    time.sleep(random.Random(130).uniform(0, 1.0))  # then anywhere in epoch 1 or 2: a step, validation, a save
+    time.sleep(random.Random(130).uniform(0, 0.9))  # then anywhere in epoch 1 or 2: a step, validation, a save
     assert proc.is_alive(), "the run finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     proc.join(180)
@@ -289,40 +323,40 @@ def test_second_ctrl_c_while_saving_stops_at_once_and_keeps_the_last_good_checkp
     save = torch.save
 
     def interrupted_save(obj, f) -> None:  # the save the first Ctrl-C asked for, interrupted half-way by a second
-        if isinstance(obj, dict) and obj.get("global_step") == 10:
+        if isinstance(obj, dict) and obj.get("global_step") == 7:
             Path(f).write_bytes(b"PK" + bytes(100_000))
             os.kill(os.getpid(), signal.SIGINT)
         save(obj, f)
 
     monkeypatch.setattr(torch, "save", interrupted_save)
-    cfg = make_cfg("trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
-                   "+callbacks.sig.step=10", f"+callbacks.sig.signum={int(signal.SIGINT)}")
+    cfg = make_cfg(*SMALL, "trainer.max_epochs=3", "test=false", "+callbacks.sig._target_=tests.test_resume.SignalAtStep",
+                   "+callbacks.sig.step=7", f"+callbacks.sig.signum={int(signal.SIGINT)}", fast=False)
     with pytest.raises(Interrupted) as info:
         run_train(cfg)
     assert str(info.value) == TWICE and info.value.code == 130
     ckpts = Path(cfg.paths.output_dir) / "checkpoints"
-    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 7  # epoch 0's, intact
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == PER_EPOCH  # epoch 0's, intact
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file left
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_sigkill_at_five_random_points_then_resume_matches_uninterrupted(ferlab_proc, make_cfg, tmp_path):
-    common = ["trainer.max_epochs=10", "test=false", "seed=5"]
-    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}"))
-    epoch_s = ref["wall_time_s"] / 10
+    common = [*SMALL, "trainer.limit_train_batches=2", "trainer.max_epochs=10", "test=false", "seed=5"]  # short epochs
+    ref = run_train(make_cfg(*common, f"paths.output_dir={tmp_path / 'ref'}", fast=False))
     run, log, rng = tmp_path / "killed", tmp_path / "log.txt", random.Random(2024)
-    argv = ["train", *FAST, *common, f"hydra.run.dir={run}", "ckpt_path=auto"]
+    argv = ["train", *common, f"hydra.run.dir={run}", "ckpt_path=auto"]
     kills = []
     for _ in range(5):
         before = _ckpt_epoch(run / LAST)
-        proc = ferlab_proc(*argv, root=tmp_path, log=log)
-        _wait(lambda p=proc, b=before: not p.is_alive() or _ckpt_epoch(run / LAST) > b)  # this attempt progressed
-        time.sleep(rng.uniform(0, 0.9 * epoch_s))  # then anywhere in the next epoch: step, validation or save
-        assert proc.is_alive(), "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
+        # after this attempt's first epoch, anywhere in the next one: a step, validation or a save
+        kill = ["+callbacks.kill._target_=tests.test_resume.KillDuringEpoch", f"+callbacks.kill.epoch={before + 2}",
+                f"+callbacks.kill.fraction={rng.uniform(0, 0.9):.3f}"]
+        proc = ferlab_proc(*argv, *kill, root=tmp_path, log=log)
+        proc.join(180)
+        assert proc.exitcode == -signal.SIGKILL, log.read_text()[-2000:]
         kills.append(_ckpt_epoch(run / LAST))  # loads: a kill never leaves a corrupt last.ckpt
-    assert kills == sorted(kills) and len(kills) == 5
+        assert kills[-1] > before  # this attempt progressed
+    assert kills == sorted(kills) and len(kills) == 5 and kills[-1] < 9
 
     proc = ferlab_proc(*argv, root=tmp_path, log=log)
     proc.join(180)
