@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 train: install  ## the main job: synthetic faces, small ResNet, a few minutes on a laptop CPU
 	$(BIN)/ferlab train $(ARGS)
 
-test: install  ## the whole suite (about 7.5 minutes on 2 cores)
+test: install  ## the whole suite (about 7 minutes on 2 cores)
 	$(BIN)/python -m pytest -n $(WORKERS) $(ARGS)
 
 test-fast: install  ## the edit-run loop: pure-Python, config and model-shape tests (`not slow`), under a minute
