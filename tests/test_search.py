@@ -120,7 +120,7 @@ def test_two_workers_share_one_study_in_postgresql(ferlab_cli, tmp_path, postgre
 def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_the_other(ferlab_cli, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     args = [f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_interval=1"]
-    victim, survivor = (_worker(ferlab_cli, tmp_path, name, *args) for name in ("victim", "survivor"))
+    victim = _worker(ferlab_cli, tmp_path, "victim", *args)
     runs = tmp_path / "outputs" / "smoke" / "multiruns"
     deadline = time.time() + 300
     while not list(runs.glob("*_victim/*/.hydra")) and victim.poll() is None and time.time() < deadline:
@@ -128,7 +128,10 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_the_other(
     os.killpg(victim.pid, signal.SIGKILL)  # the node is lost in the middle of a trial
     victim.wait()
     (killed_dir,) = [p.parent for p in runs.glob("*_victim/*/.hydra")]
-    _finish(survivor)
+    # the other worker comes once the grace period (2 heartbeat intervals) is over: had it started with the victim,
+    # its 4 trials could all end before the victim's trial went stale, leaving the retry queued for a later worker
+    time.sleep(2.5)
+    _finish(_worker(ferlab_cli, tmp_path, "survivor", *args))
     trials = _study(url).trials
     (killed,) = [t for t in trials if t.state == TrialState.FAIL]
     assert killed.number == int(killed_dir.name) and not (killed_dir / "metrics.json").exists()
