@@ -116,14 +116,21 @@ def _cli_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: st
     Exits as the interpreter would: SystemExit's code, 1 after an uncaught exception's traceback, and killed by
     SIGINT after an uncaught KeyboardInterrupt."""
     os.setsid()
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    exit_as_ferlab(argv, cwd, env)
+
+
+def exit_as_ferlab(argv: list[str], cwd: str, env: dict[str, str]) -> None:
+    """In a forked child: run `ferlab <argv>` in `cwd` with `env` and default SIGINT/SIGTERM, then exit as a new
+    interpreter would (SystemExit's code, 1 after an uncaught exception's traceback, killed by SIGINT after an
+    uncaught KeyboardInterrupt). Shared by `ferlab_cli` and the docs pages' `ferlab` server (tests/test_docs.py)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # what a new interpreter installs
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     import torch
 
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS") or 1))

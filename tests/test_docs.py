@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -259,36 +258,14 @@ sys.exit(status if status >= 0 else 128 - status)
 
 
 def _ferlab_child(request: dict, fds: list[int]) -> None:
-    """`ferlab <argv>` in this forked process, as a new interpreter runs it: the shim's stdin/stdout/stderr,
-    folder and environment, default SIGINT/SIGTERM; exits with SystemExit's code, 1 after a traceback."""
+    """`ferlab <argv>` in this forked process with the shim's stdin/stdout/stderr, folder and environment, exiting
+    as a new interpreter would (conftest's exit_as_ferlab)."""
+    from tests.conftest import exit_as_ferlab
+
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    import atexit
-    import traceback
-
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
-    code = 0
-    try:
-        from ferlab.cli import main
-
-        main(request["argv"])
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) or stop.code is None else (print(stop.code, file=sys.stderr) or 1)
-    except BaseException:  # noqa: BLE001  (the interpreter's own last resort)
-        traceback.print_exc()
-        code = 1
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    exit_as_ferlab(request["argv"], request["cwd"], request["env"])
 
 
 def _serve(address: str) -> None:
