@@ -249,3 +249,42 @@ def test_the_end_of_a_sweep_reads_its_run_folders_once(tmp_path, monkeypatch):
     with contextlib.suppress(SweepFailed):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert calls == [[tmp_path]]
+
+
+class _Counting:
+    """Hydra's config loader, counting the job configs it composes."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.composed = loader, 0
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.composed += 1
+        return self.loader.load_sweep_config(master_config, sweep_overrides)
+
+
+def test_a_grid_composes_each_job_once_and_a_bad_job_fails_before_any_runs():
+    import pickle
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
+    from ferlab.config.runner import CONF_DIR
+    from hydra_plugins.ferlab_sweepers._composed import ComposedJobs
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        master = compose("train", return_hydra_config=True)
+        counting = _Counting(GlobalHydra.instance().config_loader())
+        jobs = ComposedJobs(counting)
+        batch = [["seed=1", "model.width=8"], ["seed=2", "model.width=8"], ["seed=1", "model.width=8"]]
+        jobs.check(master, batch)  # the sweeper's check of the batch
+        assert counting.composed == 3
+        configs = [jobs.load_sweep_config(master, job) for job in batch]  # the launcher's
+        assert counting.composed == 3 and [(c.seed, c.model.width) for c in configs] == [(1, 8), (2, 8), (1, 8)]
+        assert len({id(c) for c in configs}) == 3  # each job its own config: the launcher writes into it
+        jobs.check(master, batch[:1])
+        assert pickle.loads(pickle.dumps(jobs)).kept == {}  # a launcher's worker process composes for itself
+        with pytest.raises(MissingConfigException, match="nope"):
+            jobs.check(master, [["seed=3"], ["model=nope"]])
+    GlobalHydra.instance().clear()

@@ -19,9 +19,11 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
-from omegaconf import OmegaConf, open_dict
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ferlab.errors import Preempted, stop_status
+from hydra_plugins.ferlab_sweepers._composed import ComposedJobs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,12 @@ class FerlabSweeper(BasicSweeper):
             "n_trials": n_trials, "n_jobs": n_jobs, "custom_search_space": custom_search_space, "pruner": pruner,
             "heartbeat_interval": heartbeat_interval, "grace_period": grace_period, "max_retry": max_retry}
 
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        # the launcher's loader hands it the job configs the batch check composed (each job composed once)
+        self.composed = ComposedJobs(hydra_context.config_loader)
+        super().setup(hydra_context=HydraContext(self.composed, hydra_context.callbacks), task_function=task_function,
+                      config=config)
+
     def sweep(self, arguments: list[str]) -> Any:
         if self.optuna is not None:
             from hydra_plugins.ferlab_sweepers._optuna import search
@@ -73,7 +81,7 @@ class FerlabSweeper(BasicSweeper):
         returns, job_idx = [], 0
         while not self.is_done():
             batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)  # a bad group name fails here, before any job runs
+            self.composed.check(self.config, batch)  # a bad group name fails here, before any job runs
             try:
                 results = self.launcher.launch(batch, initial_job_idx=job_idx)
             except (Preempted, KeyboardInterrupt) as stop:  # a job stopped by a signal: start no further job
