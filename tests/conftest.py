@@ -116,9 +116,16 @@ def _cli_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: st
     Exits as the interpreter would: SystemExit's code, 1 after an uncaught exception's traceback, and killed by
     SIGINT after an uncaught KeyboardInterrupt."""
     os.setsid()
-    for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    output_to(out, err)
     exit_as_ferlab(argv, cwd, env)
+
+
+def output_to(out: str, err: str | None = None, append: bool = False) -> None:
+    """In a forked child: stdout into the file `out`, stderr into `err` (default: the same file)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(out, flags, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(os.open(err, flags, 0o644) if err else fd, 2)
 
 
 def exit_as_ferlab(argv: list[str], cwd: str, env: dict[str, str]) -> None:
@@ -228,19 +235,23 @@ HEAVY_FIRST = ["test_sweeps", "test_search", "test_experiments", "test_resume_bo
                "test_docs", "test_configs", "test_ddp", "test_trackers", "test_package", "test_cli"]
 
 
+def _module(item: pytest.Item) -> str:
+    return item.module.__name__.rpartition(".")[2]
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark `slow` what SLOW_MODULES and SLOW_FIXTURES name; order modules as HEAVY_FIRST says, then those with
     slow tests, each module's tests in their file's order."""
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+        if _module(item) in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-    first: dict[str, tuple] = {}
+    place: dict[str, tuple] = {}  # module -> (rank in HEAVY_FIRST, has no slow test, first position)
     for i, item in enumerate(items):
-        name = item.module.__name__.rpartition(".")[2]
-        rank = HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST)
-        key = (rank, item.get_closest_marker("slow") is None, i)
-        first[name] = min(first.get(name, key), key)
-    items.sort(key=lambda item: first[item.module.__name__.rpartition(".")[2]])
+        name = _module(item)
+        key = (HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST),
+               item.get_closest_marker("slow") is None, i)
+        place[name] = min(place.get(name, key), key)
+    items.sort(key=lambda item: place[_module(item)])
 
 
 def pytest_xdist_make_scheduler(config, log):

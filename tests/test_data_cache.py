@@ -190,10 +190,9 @@ def _memory_run(root: str, cache: str, out: str) -> None:
 
     from ferlab.config.runner import compose_run
     from ferlab.tasks.train import run_train
+    from tests.conftest import output_to
 
-    log = os.open(f"{out}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    output_to(f"{out}.log")
     torch.set_num_threads(1)  # one thread: a busy machine does not slow it down
     peaks = []
     for size in (16, 224):

@@ -30,7 +30,7 @@ from ferlab.checkpoints.resilience import rng_state, set_rng_state
 from ferlab.checkpoints.resume import resolve_ckpt_path
 from ferlab.errors import FerlabError, Interrupted, Preempted
 from ferlab.tasks.train import run_train
-from tests.conftest import FAST, compose_cfg, forkserver
+from tests.conftest import FAST, compose_cfg, forkserver, output_to
 
 LAST = Path("checkpoints") / "last.ckpt"
 
@@ -104,9 +104,7 @@ def _ferlab_child(argv: list[str], root: str, log: str) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    output_to(log, append=True)
     os.environ["FERLAB_ROOT"] = root
     os.environ.pop("FERLAB_RUN_ID", None)
     from ferlab.cli import main

@@ -21,7 +21,7 @@ from optuna.pruners import BasePruner
 
 from ferlab.errors import Interrupted
 from ferlab.tasks.train import run_train
-from tests.conftest import forkserver
+from tests.conftest import forkserver, output_to
 
 # two epochs of two training batches and one validation batch each
 TINY = ["data.source.num_images=200", "data.batch_size=16", "model.width=8", "trainer.max_epochs=2",
@@ -103,9 +103,7 @@ def _ferlab_child(argv: list[str], root: str, log: str, env: dict[str, str]) -> 
     import torch
 
     torch.set_num_threads(1)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    output_to(log, append=True)
     os.environ.update(env, FERLAB_ROOT=root)
     os.environ.pop("FERLAB_RUN_ID", None)
     os.chdir(root)
