@@ -20,6 +20,15 @@ def compose_train(root: Path, overrides: Sequence[str], run_dir: Path) -> Any:
     return compose_run("train", [f"paths.root_dir={root}", *overrides], run_dir)
 
 
+def child_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `ferlab` process a benchmark starts: data and caches under `root`, this checkout's
+    `benchmarks` and `ferlab` importable (installed or not), a run id of its own, then `extra`."""
+    paths = [str(REPO), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "FERLAB_ROOT": str(root), "PYTHONPATH": os.pathsep.join(filter(None, paths)), **extra}
+    env.pop("FERLAB_RUN_ID", None)
+    return env
+
+
 def data_root() -> Path:
     """Where benchmarks read data and caches: $FERLAB_ROOT or the repository (the same files `make train` uses)."""
     return Path(os.environ.get("FERLAB_ROOT", REPO)).resolve()

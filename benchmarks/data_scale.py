@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, cli, compose_train, machine, table
+from benchmarks.common import child_env, cli, compose_train, machine, table
 
 SIZES, QUICK_SIZES = (2_000, 8_000, 32_000), (200, 800)
 SIDE = 256
@@ -61,12 +61,6 @@ dm.prepare_data()
 dm.setup("fit")
 print(time.perf_counter() - start)
 """
-
-
-def _env(root: Path) -> dict[str, str]:
-    env = {**os.environ, "FERLAB_ROOT": str(root), "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
-    env.pop("FERLAB_RUN_ID", None)
-    return env
 
 
 def link_subset(full: Path, out: Path, n: int) -> Path:
@@ -107,7 +101,7 @@ def peak_rss(root: Path, overrides: list[str]) -> float:
     """Peak RSS (bytes) of `ferlab train <overrides>` in a fresh process, over its whole process tree."""
     log = root / "train.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ferlab", "train", *overrides], cwd=root, env=_env(root),
+        proc = subprocess.Popen([sys.executable, "-m", "ferlab", "train", *overrides], cwd=root, env=child_env(root),
                                 stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -118,7 +112,7 @@ def peak_rss(root: Path, overrides: list[str]) -> float:
 
 def startup_s(root: Path, repeats: int) -> float:
     """Median seconds for a fresh process to have `data=fer5` ready (cache checked and mapped, splits made)."""
-    times = [float(subprocess.run([sys.executable, "-c", STARTUP, str(root)], cwd=root, env=_env(root), check=True,
+    times = [float(subprocess.run([sys.executable, "-c", STARTUP, str(root)], cwd=root, env=child_env(root), check=True,
                                   capture_output=True, text=True).stdout.split()[-1]) for _ in range(repeats)]
     return statistics.median(times)
 

@@ -13,8 +13,6 @@ The figures belong to the GPU named in the heading; the test suite cannot run th
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, machine, table, write
+from benchmarks.common import child_env, machine, table, write
 
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true")
 RESUMED = ("32-true", "16-mixed")  # fp16 adds the loss scaler's state to what a resume must restore
@@ -46,13 +44,10 @@ class Runner:
         """(exit status, wall s, run dir, last stderr line) of `ferlab train <overrides>` run into <root>/<name>."""
         args = [CPU_STANDINS.get(o, o) if self.cpu else o for o in overrides]
         run = self.root / name
-        env = {**os.environ, "FERLAB_ROOT": str(self.root),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        env.pop("FERLAB_RUN_ID", None)
         start = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "ferlab", "train", *args, f"hydra.run.dir={run}",
-                            "callbacks.rich_progress_bar=null"], cwd=self.root, env=env, capture_output=True,
-                           text=True, timeout=timeout)
+                            "callbacks.rich_progress_bar=null"], cwd=self.root, env=child_env(self.root),
+                           capture_output=True, text=True, timeout=timeout)
         (self.root / f"{name}.{len(self.rows)}.log").write_text(r.stdout + r.stderr)  # for a failure's whole story
         lines = r.stderr.strip().splitlines()
         return r.returncode, time.perf_counter() - start, run, lines[-1] if lines else ""
@@ -64,35 +59,40 @@ class Runner:
         self.rows.append([check, rc, f"{wall:.1f}", metrics.get("epochs", "–"), _acc(best), _acc(test), verdict])
         print(f"{check}: rc {rc}, {wall:.1f} s, {verdict}", flush=True)
 
+    def trains(self, check: str, name: str, *overrides: str) -> None:
+        """A row for a run that should simply train and test."""
+        rc, wall, run, last = self.train(name, *overrides)
+        self.row(check, rc, wall, run, "trained and tested" if rc == 0 else last)
+
 
 def _metrics(run: Path) -> dict:
-    path = run / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """metrics.json, or {} for a run that wrote none (it failed or was stopped)."""
+    from ferlab.runs.runfiles import read_metrics
+
+    return read_metrics(run) if (run / "metrics.json").is_file() else {}
 
 
 def _acc(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _weights(run: Path) -> dict:
+def _same_run(a: Path, b: Path) -> bool:
+    """Two runs with the same epoch history and, bit for bit, the same last.ckpt state_dict."""
     import torch
 
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    from ferlab.checkpoints.ckpt_file import load_checkpoint
 
-
-def _same_weights(a: Path, b: Path) -> bool:
-    import torch
-
-    wa, wb = _weights(a), _weights(b)
+    if _metrics(a).get("history") != _metrics(b).get("history"):
+        return False
+    wa, wb = (load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"] for run in (a, b))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def main_job(r: Runner) -> None:
     """The README's main job (`ferlab train`) on the GPU, in each precision `trainer=gpu` offers."""
     for precision in PRECISIONS:
-        rc, wall, run, last = r.train(f"main_{precision}", "trainer=gpu", f"trainer.precision={precision}", *r.size)
-        r.row(f"`ferlab train trainer=gpu trainer.precision={precision}`", rc, wall, run,
-              "trained and tested" if rc == 0 else last)
+        r.trains(f"`ferlab train trainer=gpu trainer.precision={precision}`", f"main_{precision}", "trainer=gpu",
+                 f"trainer.precision={precision}", *r.size)
 
 
 def resume(r: Runner) -> None:
@@ -107,9 +107,8 @@ def resume(r: Runner) -> None:
             r.row(f"resume, {precision}: reference run", rc, wall, ref, last)
             continue
         again = r.train(f"again_{precision}", *common)
-        same = _metrics(again[2]).get("history") == _metrics(ref).get("history") and _same_weights(again[2], ref)
         r.row(f"resume, {precision}: the same command again", again[0], again[1], again[2],
-              "identical run" if same else "DIFFERS from the first run")
+              "identical run" if again[0] == 0 and _same_run(again[2], ref) else "DIFFERS from the first run")
         per_epoch = _metrics(ref)["global_step"] // EPOCHS
         stop = ["+callbacks.stop._target_=tests.test_resume.SignalAtStep", f"+callbacks.stop.step={per_epoch * 3 // 2}",
                 f"+callbacks.stop.signum={int(signal.SIGTERM)}"]
@@ -117,24 +116,21 @@ def resume(r: Runner) -> None:
         r.row(f"resume, {precision}: SIGTERM at step {per_epoch * 3 // 2} of {per_epoch * EPOCHS}", rc, wall, run,
               "exit 143, saved" if rc == 128 + signal.SIGTERM else f"expected exit 143: {last}")
         rc, wall, run, last = r.train(f"stopped_{precision}", *common, "ckpt_path=auto")
-        exact = (rc == 0 and _metrics(run).get("history") == _metrics(ref).get("history")
-                 and _same_weights(run, ref))
         r.row(f"resume, {precision}: `ckpt_path=auto`", rc, wall, run,
-              "history and weights equal the uninterrupted run" if exact else f"NOT EXACT {last}")
+              "history and weights equal the uninterrupted run" if rc == 0 and _same_run(run, ref)
+              else f"NOT EXACT {last}")
 
 
 def ddp(r: Runner) -> None:
     """`trainer=ddp` on one GPU: NCCL process group, spawned worker, SyncBatchNorm, DistributedSampler."""
-    rc, wall, run, last = r.train("ddp", "trainer=ddp", "trainer.devices=1", *r.size)
-    r.row("`ferlab train trainer=ddp trainer.devices=1`", rc, wall, run, "trained and tested" if rc == 0 else last)
+    r.trains("`ferlab train trainer=ddp trainer.devices=1`", "ddp", "trainer=ddp", "trainer.devices=1", *r.size)
 
 
 def timm(r: Runner) -> None:
     """A timm architecture (random init, offline) trained in bf16 on the GPU."""
-    rc, wall, run, last = r.train("timm", "trainer=gpu", "trainer.precision=bf16-mixed", "model=timm",
-                                  "model.name=efficientnet_b0", "trainer.max_epochs=2", *r.size)
-    r.row("`ferlab train trainer=gpu model=timm model.name=efficientnet_b0` (bf16, 2 epochs)", rc, wall, run,
-          "trained and tested" if rc == 0 else last)
+    r.trains("`ferlab train trainer=gpu model=timm model.name=efficientnet_b0` (bf16, 2 epochs)", "timm",
+             "trainer=gpu", "trainer.precision=bf16-mixed", "model=timm", "model.name=efficientnet_b0",
+             "trainer.max_epochs=2", *r.size)
 
 
 def device_line(cpu: bool) -> str:

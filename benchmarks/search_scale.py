@@ -14,24 +14,17 @@ trials (600 synthetic faces, one short epoch), one study in SQLite.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, cli, data_root, machine, table
+from benchmarks.common import child_env, cli, data_root, machine, table
 
 TRIAL = ["debug=smoke", "logger=none", "test=false"]
 FIXED = ["data.batch_size=32", "hydra.sweeper.pruner=none"]  # trials of equal cost, each run to its end
 HOPELESS = ["optim.lr=tag(log, interval(1e-4, 1.0))", "trainer.max_epochs=4", "data.batch_size=32"]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "FERLAB_ROOT": str(data_root()), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("FERLAB_RUN_ID", None)
-    return env
 
 
 def workers(n: int, study_dir: Path, overrides: list[str]) -> float:
@@ -39,7 +32,8 @@ def workers(n: int, study_dir: Path, overrides: list[str]) -> float:
     args = [sys.executable, "-m", "ferlab", "train", "-m", "hparams_search=optuna", *TRIAL,
             f"hydra.sweeper.storage=sqlite:///{study_dir / 'study.db'}", "hydra.sweeper.study_name=bench", *overrides]
     start = time.perf_counter()
-    procs = [subprocess.Popen([*args, f"hydra.sweep.dir={study_dir / f'worker{i}'}"], cwd=data_root(), env=_env(),
+    env = child_env(data_root(), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([*args, f"hydra.sweep.dir={study_dir / f'worker{i}'}"], cwd=data_root(), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n)]
     errors = [p.communicate()[1] for p in procs]
     wall = time.perf_counter() - start

@@ -7,7 +7,6 @@ render the synthetic faces, decode, cache). Each is a fresh process, as a user r
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import statistics
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback
 
-from benchmarks.common import REPO, cli, data_root, machine, table
+from benchmarks.common import child_env, cli, data_root, machine, table
 
 TARGET_S = 1.0
 MARKER = "FERLAB_FIRST_TRAINING_STEP"
@@ -34,15 +33,9 @@ class FirstStep(Callback):
             print(MARKER, flush=True)
 
 
-def _env(root: Path) -> dict[str, str]:
-    env = {**os.environ, "FERLAB_ROOT": str(root), "PYTHONPATH": str(REPO)}
-    env.pop("FERLAB_RUN_ID", None)
-    return env
-
-
 def _wall(cmd: list[str], root: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=root, env=_env(root), check=True, capture_output=True)
+    subprocess.run(cmd, cwd=root, env=child_env(root), check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -51,7 +44,7 @@ def _to_first_step(root: Path, log_dir: Path, extra: list[str]) -> float:
     cmd = [*FERLAB, "train", "+callbacks.first_step._target_=benchmarks.startup.FirstStep",
            f"paths.log_dir={log_dir}", *extra]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=root, env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=root, env=child_env(root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
     for line in proc.stdout:
         if MARKER in line:
